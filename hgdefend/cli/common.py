@@ -1,0 +1,65 @@
+"""Options every command shares, and the one place bad input becomes a one-line error."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from ..validation import HgdefendError
+
+EXIT_USAGE = 2
+
+
+class CLIError(click.ClickException):
+    """A one-line error and exit code 2 (bad input), never a traceback."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def friendly_errors(fn: Callable) -> Callable:
+    """Turn the library's ValueError-family errors and missing files into CLIError."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (HgdefendError, ValueError, FileNotFoundError, IsADirectoryError,
+                PermissionError) as exc:  # fmt: skip
+            raise CLIError(str(exc)) from exc
+
+    return wrapper
+
+
+def set_threads(threads: int | None) -> None:
+    """Pick torch's CPU threads deliberately: oversubscription was measured to slow PGD ~30×."""
+    import torch
+
+    if threads is None:
+        threads = max(1, min(os.cpu_count() or 1, 8))
+    if threads < 1:
+        raise CLIError("--threads: expected an integer >= 1")
+    torch.set_num_threads(threads)
+
+
+def common_options(fn: Callable) -> Callable:
+    """--seed, --device, --threads, --quiet."""
+    fn = click.option("--quiet", "-q", is_flag=True, help="No progress bars or summaries.")(fn)
+    fn = click.option("--threads", type=int, default=None,
+                      help="torch CPU threads (default: cores, at most 8).")(fn)  # fmt: skip
+    fn = click.option("--device", default="auto", show_default=True,
+                      help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")(fn)  # fmt: skip
+    fn = click.option("--seed", type=int, default=0, show_default=True,
+                      help="Seed for training, sampling and attacks.")(fn)  # fmt: skip
+    return fn
+
+
+def command_line() -> str:
+    return " ".join(["hgdefend", *sys.argv[1:]])

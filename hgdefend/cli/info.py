@@ -1,0 +1,47 @@
+"""``hgdefend info``: what a model file holds, without running it."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import click
+
+from ..io import load_model
+from .common import friendly_errors
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
+@friendly_errors
+def info(model: str, as_json: bool) -> None:
+    """Show MODEL's config, SHA-256 and parameter counts."""
+    loaded = load_model(model)
+    hg = loaded.hypergan
+    counts = {
+        "mixer": sum(p.numel() for p in hg.mixer.parameters()),
+        "generators": sum(p.numel() for p in hg.generators.parameters()),
+        "discriminator": sum(p.numel() for p in hg.discriminator.parameters())
+        if hg.discriminator is not None
+        else 0,
+        "target_network": sum(math.prod(s) for g in hg.groups for s in g.shapes.values()),
+    }
+    out = {"path": loaded.path, "sha256": loaded.sha256, "parameters": counts,
+           "config": loaded.config}  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    cfg = loaded.config
+    click.echo(f"model      {loaded.path}")
+    click.echo(f"sha256     {loaded.sha256}")
+    click.echo(f"format     {cfg['format']} v{cfg['format_version']} (hgdefend {cfg['library_version']})")
+    click.echo(f"target     {cfg['target']['name']} input {cfg['target']['input_shape']} "
+               f"({counts['target_network']:,} parameters per sampled network)")  # fmt: skip
+    click.echo(f"hypergan   {json.dumps(cfg['hypergan'])}")
+    click.echo(f"parameters mixer {counts['mixer']:,}, generators {counts['generators']:,}, "
+               f"discriminator {counts['discriminator']:,}")  # fmt: skip
+    if cfg.get("dataset"):
+        click.echo(f"dataset    {json.dumps(cfg['dataset'])}")
+    if cfg.get("training"):
+        click.echo(f"training   {json.dumps(cfg['training'])}")

@@ -1,0 +1,198 @@
+"""The HyperGAN: noise → mixer → per-layer codes → one generator per target layer → weights.
+
+A discriminator (or an MMD penalty) keeps the per-layer codes close to a Gaussian prior, so that
+sampling the noise gives *different* networks rather than one point estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .targets import Params, Target
+
+if TYPE_CHECKING:
+    from .ensemble import SampledEnsemble
+
+Regulariser = Literal["gan", "mmd", "none"]
+REGULARISERS = ("gan", "mmd", "none")
+
+
+def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    """The paper's 2-layer MLP (mixer, generators and discriminator all use it)."""
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, n_out))
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(int(seed))
+    return g
+
+
+class HyperGAN(nn.Module):
+    """Generates whole weight sets of ``target``.
+
+    Generated weights are scaled per layer by ``1/sqrt(fan_in)`` (as torch initialises layers), so
+    a freshly built HyperGAN already emits sensibly scaled networks and the generators learn O(1)
+    values whatever the layer size.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        noise_dim: int = 256,
+        code_dim: int = 128,
+        hidden: int = 512,
+        regulariser: Regulariser = "gan",
+        beta: float = 1.0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("noise_dim", noise_dim), ("code_dim", code_dim), ("hidden", hidden)):
+            if int(value) < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value}")
+        if regulariser not in REGULARISERS:
+            raise ValueError(f"regulariser: expected one of {REGULARISERS}, got {regulariser!r}")
+        if not math.isfinite(beta) or beta < 0:
+            raise ValueError(f"beta: expected a finite number >= 0, got {beta}")
+        self.target = target
+        self.noise_dim, self.code_dim, self.hidden = int(noise_dim), int(code_dim), int(hidden)
+        self.regulariser, self.beta = regulariser, float(beta)
+        self.groups = list(target.param_groups)
+        self.mixer = _mlp(self.noise_dim, self.hidden, len(self.groups) * self.code_dim)
+        self.generators = nn.ModuleList(_mlp(self.code_dim, self.hidden, g.numel) for g in self.groups)
+        self.discriminator = _mlp(self.code_dim, self.hidden, 1) if regulariser == "gan" else None
+        scales = [torch.full((1,), 1.0 / math.sqrt(g.fan_in())) for g in self.groups]
+        self.register_buffer("_scales", torch.cat(scales), persistent=False)
+
+    # ------------------------------------------------------------------ config
+    def hparams(self) -> dict:
+        return {
+            "noise_dim": self.noise_dim,
+            "code_dim": self.code_dim,
+            "hidden": self.hidden,
+            "regulariser": self.regulariser,
+            "beta": self.beta,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self._scales.device
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        return list(self.generators.parameters())
+
+    # ------------------------------------------------------------------ sampling
+    def sample_noise(self, k: int, generator: torch.Generator | None = None) -> Tensor:
+        """``s ~ N(0, I)``; drawn on the CPU so a seed gives the same networks on any device."""
+        if int(k) < 1:
+            raise ValueError(f"k: ensemble size must be >= 1, got {k}")
+        return torch.randn(int(k), self.noise_dim, generator=generator).to(self.device)
+
+    def codes(self, noise: Tensor) -> Tensor:
+        """Per-layer latent codes ``[K, N_layers, code_dim]``."""
+        return self.mixer(noise).view(noise.shape[0], len(self.groups), self.code_dim)
+
+    def weights(self, codes: Tensor) -> Params:
+        """Turn codes into member weights ``{name: [K, *shape]}``."""
+        k = codes.shape[0]
+        out: Params = {}
+        for i, (group, gen) in enumerate(zip(self.groups, self.generators, strict=True)):
+            flat = gen(codes[:, i]) * self._scales[i]
+            offset = 0
+            for pname, shape in group.shapes.items():
+                n = math.prod(shape)
+                key = f"{group.name}.{pname}" if group.name else pname
+                out[key] = flat[:, offset : offset + n].reshape(k, *shape)
+                offset += n
+        return out
+
+    def sample(self, k: int, generator: torch.Generator | None = None, *, seed: int | None = None) -> Params:
+        """K weight sets (differentiable; wrap in ``torch.no_grad()`` to freeze)."""
+        if generator is None and seed is not None:
+            generator = make_generator(seed)
+        return self.weights(self.codes(self.sample_noise(k, generator)))
+
+    @torch.no_grad()
+    def ensemble(self, k: int, seed: int | None = 0) -> SampledEnsemble:
+        """A frozen ensemble of K sampled networks: the unit attacks, detectors, ART and ONNX use."""
+        from .ensemble import SampledEnsemble
+
+        was_training = self.training
+        self.eval()
+        params = {n: t.detach().clone() for n, t in self.sample(k, seed=seed).items()}
+        self.train(was_training)
+        return SampledEnsemble(self.target, params, seed=seed, kind="hypergan")
+
+    # ------------------------------------------------------------------ regularisers
+    def prior_like(self, codes: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        flat = codes.reshape(-1, self.code_dim)
+        return torch.randn(flat.shape, generator=generator).to(flat.device)
+
+    def regulariser_loss(self, codes: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The mixer's penalty for codes that do not look like the N(0, I) prior."""
+        flat = codes.reshape(-1, self.code_dim)
+        if self.regulariser == "gan":
+            logits = self.discriminator(flat)
+            return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+        if self.regulariser == "mmd":
+            return mmd_rbf(flat, self.prior_like(codes, generator))
+        return flat.new_zeros(())
+
+    def discriminator_loss(self, codes: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Standard GAN loss on logits: prior samples are real, mixer codes are fake."""
+        if self.discriminator is None:
+            raise ValueError("discriminator_loss: this HyperGAN has no discriminator")
+        flat = codes.detach().reshape(-1, self.code_dim)
+        real = self.discriminator(self.prior_like(codes, generator))
+        fake = self.discriminator(flat)
+        return F.binary_cross_entropy_with_logits(
+            real, torch.ones_like(real)
+        ) + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+
+    def pretrain_mixer(
+        self,
+        *,
+        max_steps: int = 500,
+        samples: int = 1000,
+        tol: float = 0.1,
+        lr: float = 5e-4,
+        generator: torch.Generator | None = None,
+    ) -> tuple[int, float]:
+        """Fit the mixer so its codes have mean 0 and identity covariance (official recipe).
+
+        Returns (steps taken, final loss); stops as soon as the loss falls under ``tol``.
+        """
+        opt = torch.optim.Adam(self.mixer.parameters(), lr=lr, betas=(0.5, 0.9))
+        loss_value = float("inf")
+        step = 0
+        for step in range(1, max_steps + 1):  # noqa: B007 (returned)
+            flat = self.codes(self.sample_noise(samples, generator)).reshape(-1, self.code_dim)
+            mean = flat.mean(0)
+            cov = torch.cov(flat.T)
+            eye = torch.eye(self.code_dim, device=flat.device)
+            loss = mean.pow(2).mean() + (cov - eye).pow(2).mean() * self.code_dim
+            loss_value = float(loss.detach())
+            if loss_value < tol:
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step, loss_value
+
+
+def mmd_rbf(a: Tensor, b: Tensor, bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)) -> Tensor:
+    """Biased MMD² between two samples with a sum of RBF kernels (scale-robust)."""
+    x = torch.cat([a, b])
+    d2 = torch.cdist(x, x).pow(2)
+    dim = a.shape[1]
+    k = sum(torch.exp(-d2 / (2 * bw * bw * dim)) for bw in bandwidths)
+    n = a.shape[0]
+    return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()

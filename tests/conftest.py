@@ -1,0 +1,41 @@
+"""Shared fixtures: one small HyperGAN trained on digits per test session (seconds on a CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hgdefend import HyperGAN, Trainer, load_data
+from hgdefend.evaluation import default_recipe, default_spec
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_data("digits")
+
+
+@pytest.fixture(scope="session")
+def trained_digits(digits):
+    """The default digits recipe, as `hgdefend evaluate` trains it."""
+    hp, cfg = default_recipe(digits)
+    cfg.seed = 0
+    torch.manual_seed(0)
+    hg = HyperGAN(default_spec(digits), **hp)
+    Trainer(hg, digits.train, cfg, val=digits.calib, progress=False, device="cpu").fit()
+    return hg
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "MNIST" / "raw").is_dir():
+        pytest.skip("../shared/data/MNIST is not beside this checkout")
+    return SHARED_DATA
