@@ -56,6 +56,7 @@ class DataSplits:
             "name": self.name,
             "input_shape": list(self.input_shape),
             "classes": self.classes,
+            "num_classes_all": self.meta.get("num_classes_all", len(self.classes)),
             "train": len(self.train),
             "calibration": len(self.calib),
             "test": len(self.test),
@@ -282,6 +283,7 @@ def load_data(
         ood=ood,
         ood_name=None if ood is None else f"{name} held-out classes",
         split_seed=split_seed,
+        meta={"num_classes_all": len(all_classes)},
     )
 
 

@@ -57,7 +57,8 @@ class EvaluateOptions:
     dataset: str = "digits"
     data_root: str | None = None
     download: bool = False
-    in_classes: str | None = None
+    in_classes: str | None = "auto"
+    ood: str | None = None
     model: str | None = None
     out: str = "hgdefend-report"
     seed: int = 0
@@ -66,6 +67,12 @@ class EvaluateOptions:
     train_steps: int | None = None
     regulariser: str = "gan"
     beta: float = 1.0
+    target_fpr: float = 0.05
+    fail_under: str | None = None
+    attacks: str | None = None
+    eps: str | None = None
+    protocols: str | None = None
+    baselines: str | None = None
     quiet: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -113,11 +120,11 @@ def diversity_section(ensemble: SampledEnsemble) -> dict[str, Any]:
     return {"members": ensemble.k, "layers": diversity(ensemble)}
 
 
-def obtain_model(opts: EvaluateOptions, data: DataSplits, device: torch.device,
-                 out_dir: Path) -> tuple[LoadedModel, dict[str, Any]]:  # fmt: skip
+def obtain_model(opts: EvaluateOptions, data: DataSplits, device: torch.device, out_dir: Path,
+                 loaded: LoadedModel | None = None) -> tuple[LoadedModel, dict[str, Any]]:  # fmt: skip
     """Load ``--model``, or train the default HyperGAN for the dataset and save it beside the report."""
     if opts.model:
-        loaded = load_model(opts.model, device=device)
+        loaded = loaded or load_model(opts.model, device=device)
         want = list(data.input_shape)
         got = loaded.config["target"]["input_shape"]
         if got != want:
@@ -146,15 +153,30 @@ def obtain_model(opts: EvaluateOptions, data: DataSplits, device: torch.device,
                                                  if k != "config"}}  # fmt: skip
 
 
+def resolve_in_classes(opts: EvaluateOptions, model_config: dict | None = None) -> str | list | None:
+    """'auto': a given model's own classes; else, on digits with no --ood dataset, classes 0-4
+    in-distribution so that 5-9 are the OOD set."""
+    if opts.in_classes == "auto":
+        if model_config is not None:
+            classes = model_config.get("dataset", {}).get("classes")
+            n_all = model_config.get("dataset", {}).get("num_classes_all")
+            return classes if classes and n_all and len(classes) < n_all else None
+        return "0-4" if opts.dataset == "digits" and not opts.ood else None
+    if opts.in_classes in (None, "", "all"):
+        return None
+    return opts.in_classes
+
+
 def run_evaluate(opts: EvaluateOptions, command: str | None = None) -> tuple[dict, dict[str, Path]]:
     """Run the evaluation and write the report; return (report, written paths)."""
     t0 = time.perf_counter()
     members = check_k(opts.members, "members")
     device = resolve_device(opts.device)
     out_dir = Path(opts.out)
+    pre = load_model(opts.model, device=device) if opts.model else None
     data = load_data(opts.dataset, root=opts.data_root, download=opts.download,
-                     in_classes=opts.in_classes)  # fmt: skip
-    loaded, training = obtain_model(opts, data, device, out_dir)
+                     in_classes=resolve_in_classes(opts, pre.config if pre else None))  # fmt: skip
+    loaded, training = obtain_model(opts, data, device, out_dir, pre)
     ens = loaded.hypergan.ensemble(members, seed=opts.seed)
     ctx = EvalContext(opts, data, loaded.hypergan, ens, device, loaded.sha256, loaded.path)
     report: dict[str, Any] = {
