@@ -1,6 +1,7 @@
 """Scores → detectors (thresholds at a target FPR) → metrics and report sections."""
 
 from .detector import EntropyDetector, ScoreDetector, conformal_threshold, min_calibration_size
+from .metrics import detection_metrics
 from .scores import SCORES, compute_scores
 
 __all__ = [
@@ -9,5 +10,6 @@ __all__ = [
     "ScoreDetector",
     "compute_scores",
     "conformal_threshold",
+    "detection_metrics",
     "min_calibration_size",
 ]
