@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .detect import detect
 from .evaluate import evaluate
+from .export import export
 from .info import info
 from .train import train
 
@@ -19,6 +21,8 @@ def cli() -> None:
 cli.add_command(train)
 cli.add_command(evaluate)
 cli.add_command(info)
+cli.add_command(export)
+cli.add_command(detect)
 
 
 def main() -> None:

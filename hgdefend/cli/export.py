@@ -1,0 +1,141 @@
+"""``hgdefend export``: a fixed sampled ensemble as one ONNX file, parity-checked before it is kept."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..detectors.scores import SCORES
+from .common import friendly_errors, set_threads
+
+EXIT_PARITY = 1
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--members", "-k", type=int, required=True, help="Networks K to draw and freeze.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weight draw.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
+@click.option(
+    "--threshold-from",
+    "calibration",
+    default=None,
+    help="Fit the flag threshold on clean calibration inputs: a dataset name (its "
+    "calibration split, restricted to the model's classes) or a .npy/.npz file.",
+)
+@click.option("--threshold", type=float, default=None, help="Bake in this threshold instead.")
+@click.option(
+    "--target-fpr",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="False-positive rate on clean data for --threshold-from.",
+)
+@click.option(
+    "--score",
+    type=click.Choice(SCORES),
+    default="entropy",
+    show_default=True,
+    help="The score the flag thresholds.",
+)
+@click.option("--data-root", default=None, help="Folder in torchvision's layout (mnist, ...).")
+@click.option(
+    "--parity-data",
+    default=None,
+    help="Real inputs for the parity check (dataset name or .npy/.npz); default: the "
+    "calibration inputs, else the model's dataset when it loads.",
+)
+@click.option("--parity-batch", type=int, default=7, show_default=True, help="Batch N of the parity check.")
+@click.option(
+    "--tolerance",
+    type=float,
+    default=1e-4,
+    show_default=True,
+    help="Max |difference| of probabilities allowed between onnxruntime and torch.",
+)
+@click.option(
+    "--exporter",
+    type=click.Choice(["dynamo", "legacy"]),
+    default="dynamo",
+    show_default=True,
+    help="torch.onnx exporter (legacy: the deprecated TorchScript one, faster to run).",
+)
+@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: cores, at most 8).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No summary.")
+@friendly_errors
+def export(
+    model,
+    members,
+    seed,
+    out,
+    calibration,
+    threshold,
+    target_fpr,
+    score,
+    data_root,
+    parity_data,
+    parity_batch,
+    tolerance,
+    exporter,
+    opset,
+    threads,
+    as_json,
+    quiet,
+) -> None:
+    """Freeze K networks sampled from MODEL into one ONNX graph at OUT.
+
+    The graph outputs per-member logits, mean probabilities, the predicted class, every detector
+    score and, with a threshold, is_adversarial. The file is kept only if onnxruntime (CPU)
+    reproduces the torch ensemble at batch 1 and N; otherwise nothing is left at OUT (exit 1).
+    """
+    from ..export.onnx import ParityError, export_onnx
+
+    set_threads(threads)
+    try:
+        result = export_onnx(
+            model,
+            members,
+            out,
+            seed=seed,
+            threshold=threshold,
+            calibration=calibration,
+            score=score,
+            target_fpr=target_fpr,
+            parity_inputs=parity_data,
+            parity_batch=parity_batch,
+            tolerance=tolerance,
+            exporter=exporter,
+            opset=opset,
+            data_root=data_root,
+        )
+    except ParityError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(EXIT_PARITY) from exc
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    elif not quiet:
+        thr = (
+            "no threshold (no is_adversarial output)"
+            if result.threshold is None
+            else (f"threshold {result.threshold:.6g} on {result.score}, {result.threshold_source}")
+        )
+        click.echo(
+            f"wrote {result.path} ({result.size_bytes / 1e6:.2f} MB): {result.members} networks, "
+            f"seed {result.seed}, {thr}"
+        )
+        for row in result.parity:
+            click.echo(
+                f"parity {row['inputs']:>6} batch {row['batch']:>3}: "
+                f"max |Δp| {row['max_abs_prob_diff']:.2e}, "
+                f"argmax mismatches {row['argmax_mismatches']}, flag mismatches {row['flag_mismatches']}, "
+                f"boundary ties {row['boundary_ties']}"
+            )
+        if not any(r["inputs"] == "real" for r in result.parity):
+            click.echo(
+                "note: no real inputs were available for the parity check (random inputs only); "
+                "pass --parity-data",
+                err=True,
+            )
