@@ -1,0 +1,138 @@
+"""Latency of an exported ONNX ensemble (onnxruntime, CPU) vs the same ensemble in torch (CPU).
+
+Both sides compute the same outputs — member logits, mean probabilities, predicted class, the four
+scores and the flag — for the same frozen weights: torch runs :class:`EnsembleGraph` (the module
+that gets exported: the library's grouped-conv member forward + the score functions) under
+``torch.inference_mode``; onnxruntime runs the file :func:`export_onnx` wrote (after its parity
+check) through a plain ``InferenceSession.run``. Input validation is excluded on both sides.
+
+Weights: the paper's MNIST net (``mnist_paper``) with K independent Kaiming-uniform
+initialisations (random, untrained — latency does not depend on the values). Threads are set
+deliberately and equal on both sides (torch intra-op = onnxruntime intra-op; inter-op 1). Timed
+calls alternate between the two engines so that background load hits both alike.
+
+    python benchmarks/export_latency.py --threads 2 --out benchmarks/export_latency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from hgdefend.ensemble import SampledEnsemble
+from hgdefend.export.onnx import EnsembleGraph, export_onnx
+from hgdefend.targets import mnist_paper
+
+
+def timed(fn, min_reps: int, min_seconds: float) -> list[float]:
+    """Per-call seconds after one warm-up call."""
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def session(path: str, threads: int, level: str) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--members", type=int, nargs="+", default=[10, 100])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 256])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--min-reps", type=int, default=3)
+    ap.add_argument("--min-seconds", type=float, default=2.0)
+    ap.add_argument("--ort-levels", nargs="+", default=["ORT_ENABLE_ALL"],
+                    help="onnxruntime graph optimisation levels to time (ORT_DISABLE_ALL, "
+                         "ORT_ENABLE_BASIC, ORT_ENABLE_EXTENDED, ORT_ENABLE_ALL).")  # fmt: skip
+    ap.add_argument("--exporter", choices=["dynamo", "legacy"], default="dynamo")
+    ap.add_argument("--out", default=None, help="Also write the JSON here.")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    spec = mnist_paper()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in args.members:
+            params = spec.init_params(k, torch.Generator().manual_seed(k))
+            ens = SampledEnsemble(spec, params, seed=k, kind="random_init")
+            path = os.path.join(tmp, f"k{k}.onnx")
+            res = export_onnx(ens, None, path, threshold=1.0, exporter=args.exporter)
+            graph = EnsembleGraph(ens, "entropy", 1.0).eval()
+            sessions = {lvl: session(path, args.threads, lvl) for lvl in args.ort_levels}
+            for b in args.batches:
+                x = torch.rand(b, *spec.input_shape, generator=torch.Generator().manual_seed(b))
+                xn = x.numpy()
+
+                def run_torch(x=x, graph=graph):
+                    with torch.inference_mode():
+                        graph(x)
+
+                engines = {"torch": run_torch}
+                for lvl, s in sessions.items():
+                    engines[f"onnxruntime[{lvl}]"] = lambda s=s, xn=xn: s.run(None, {"x": xn})
+                # Alternate engines round by round so background load affects each alike.
+                samples: dict[str, list[float]] = {name: [] for name in engines}
+                for _round in range(2):
+                    for name, fn in engines.items():
+                        samples[name] += timed(fn, max(1, args.min_reps // 2 + 1), args.min_seconds / 2)
+                torch_ms = 1e3 * statistics.median(samples["torch"])
+                for name, ts in samples.items():
+                    med = 1e3 * statistics.median(ts)
+                    rows.append({
+                        "members": k, "batch": b, "engine": name, "median_ms": round(med, 3),
+                        "min_ms": round(1e3 * min(ts), 3), "reps": len(ts),
+                        "member_images_per_s": round(k * b / (med / 1e3)),
+                        "speedup_vs_torch": round(torch_ms / med, 3),
+                    })  # fmt: skip
+                    print(json.dumps(rows[-1]), flush=True)
+            rows.append({"members": k, "export_seconds": res.export_seconds, "onnx_mb": res.size_bytes / 1e6,
+                         "max_abs_prob_diff": res.max_abs_prob_diff})  # fmt: skip
+    out = {
+        "benchmark": "export_latency",
+        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "device": f"CPU ({cpu_name()}, {os.cpu_count()} logical cores)",
+        "threads": args.threads,
+        "weights": "mnist_paper, K independent Kaiming-uniform initialisations (untrained)",
+        "exporter": args.exporter,
+        "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__},
+        "results": rows,
+    }
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
