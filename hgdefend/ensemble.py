@@ -13,19 +13,38 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .targets import Params, Strategy, Target, check_params
+from .targets import Params, Strategy, Target, activation_bytes, check_params
 from .validation import as_inputs, check_k
 
-# Member-images evaluated in one call before inputs are chunked. Bounds activation memory: the
-# MNIST net moves ~365 KB of fp32 activations per member-image, so 2**14 is ~6 GB at most.
-DEFAULT_MEMBER_IMAGES_PER_CHUNK = 2**14
+# Member-images evaluated in one call before inputs are chunked, for targets whose activation size
+# is unknown (user modules). Spec targets get a chunk from their activation size and the memory
+# budget below instead (see :func:`auto_member_images_per_chunk`).
+DEFAULT_MEMBER_IMAGES_PER_CHUNK = 2**12
+# Activation memory one forward chunk may use: 512 MiB on CPU (other processes share the RAM), a
+# quarter of the card on CUDA (large chunks keep the GPU busy).
+CPU_CHUNK_BYTES = 512 * 2**20
+CUDA_CHUNK_FRACTION = 0.25
+
+
+def auto_member_images_per_chunk(target: Target, device: torch.device) -> int:
+    """How many member-images fit the activation-memory budget of ``device`` in one forward."""
+    per = activation_bytes(target)
+    if per is None:
+        return DEFAULT_MEMBER_IMAGES_PER_CHUNK
+    if device.type == "cuda":
+        budget = torch.cuda.get_device_properties(device).total_memory * CUDA_CHUNK_FRACTION
+    else:
+        budget = CPU_CHUNK_BYTES
+    return max(1, int(budget // per))
 
 
 class SampledEnsemble:
     """K frozen networks. ``member_logits(x) -> [K, B, C]``; ``predict_proba`` averages probabilities.
 
     ``mc_dropout=True`` turns dropout on in every forward, so K copies of one network become K
-    dropout samples (the MC-dropout baseline).
+    dropout samples (the MC-dropout baseline). ``strategy`` (default ``"auto"``) picks how members
+    are evaluated (:func:`hgdefend.targets.parse_strategy`); ``member_images_per_chunk`` (default
+    ``None``: from the device's memory) caps K × B per call so K = 1,000 or big batches just work.
     """
 
     def __init__(
@@ -47,7 +66,7 @@ class SampledEnsemble:
         self.mc_dropout = mc_dropout
         self.value_range = value_range
         self.strategy = strategy
-        self.member_images_per_chunk = DEFAULT_MEMBER_IMAGES_PER_CHUNK
+        self.member_images_per_chunk: int | None = None
 
     # ------------------------------------------------------------------ housekeeping
     @property
@@ -113,8 +132,14 @@ class SampledEnsemble:
             rows.setdefault(ks.start or 0, []).append(out)
         return torch.cat([torch.cat(rows[s], dim=1) for s in sorted(rows)], dim=0)
 
+    def chunk_size(self) -> int:
+        """Member-images per forward call: the explicit setting, else the device's memory budget."""
+        if self.member_images_per_chunk is not None:
+            return max(1, int(self.member_images_per_chunk))
+        return auto_member_images_per_chunk(self.target, self.device)
+
     def _chunks(self, b: int) -> Iterator[tuple[slice, slice]]:
-        budget = max(1, self.member_images_per_chunk)
+        budget = self.chunk_size()
         if self.k * b <= budget:
             yield slice(None), slice(None)
             return

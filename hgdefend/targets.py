@@ -16,10 +16,13 @@ tests and benchmarks compare against.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import functools
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -30,8 +33,10 @@ from torch import Tensor, nn
 Params = dict[str, Tensor]
 """Member weights: parameter name -> tensor with a leading member axis ``[K, *shape]``."""
 
-STRATEGIES = ("auto", "grouped", "vmap", "loop")
-Strategy = Literal["auto", "grouped", "vmap", "loop"]
+KERNELS = ("grouped", "unfold", "vmap", "loop")
+STRATEGIES = ("auto", *KERNELS)
+Strategy = str
+"""``"auto"`` or ``"kernel[+modifier...]"``, e.g. ``"unfold+tf32"`` (see :func:`parse_strategy`)."""
 
 
 # --------------------------------------------------------------------------- layer vocabulary
@@ -248,22 +253,35 @@ class TargetSpec:
     def forward(
         self, params: Params, x: Tensor, *, strategy: Strategy = "auto", dropout: bool = False
     ) -> Tensor:
-        """Logits ``[K, B, C]`` of K members on a shared batch ``x`` of shape ``[B, *input]``."""
-        if strategy == "auto":
-            strategy = choose_strategy(x.device, torch.is_grad_enabled())
-        if strategy == "grouped":
-            return self._forward_grouped(params, x, dropout)
-        if strategy == "vmap":
-            return torch.func.vmap(
-                lambda p: self._forward_single(p, x, dropout),
-                randomness="different" if dropout else "error",
-            )(params)
-        if strategy == "loop":
+        """Logits ``[K, B, C]`` of K members on a shared batch ``x`` of shape ``[B, *input]``.
+
+        ``strategy`` picks how (see :func:`parse_strategy`); every strategy computes the same
+        function, ``"auto"`` takes the measured default for this device and mode.
+        """
+        plan = resolve_strategy(strategy, x.device, mode_of(params))
+        if plan.kernel == "loop":
             k = num_members(params)
-            return torch.stack(
-                [self._forward_single({n: t[i] for n, t in params.items()}, x, dropout) for i in range(k)]
-            )
-        raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
+            with _precision(plan, x.device):
+                return torch.stack(
+                    [self._forward_single({n: t[i] for n, t in params.items()}, x, dropout) for i in range(k)]
+                )
+        fn = _kernel_fn(self, plan)
+        with _precision(plan, x.device):
+            if plan.precision == "bf16":
+                x = x.to(torch.bfloat16)
+                params = {n: t.to(torch.bfloat16) for n, t in params.items()}
+            if plan.cuda_graph:
+                torch.compiler.cudagraph_mark_step_begin()
+            out = fn(params, x, dropout)
+            if plan.cuda_graph:  # the graph's output buffer is reused by the next replay
+                out = out.clone()
+        return out.float() if plan.precision == "bf16" else out
+
+    def _forward_vmap(self, params: Params, x: Tensor, dropout: bool) -> Tensor:
+        return torch.func.vmap(
+            lambda p: self._forward_single(p, x, dropout),
+            randomness="different" if dropout else "error",
+        )(params)
 
     def _forward_single(self, p: Params, x: Tensor, dropout: bool) -> Tensor:
         """One network, plain torch ops: the reference every strategy is tested against."""
@@ -277,7 +295,27 @@ class TargetSpec:
                 h = _apply_stateless(layer, h, dropout)
         return h
 
-    def _forward_grouped(self, params: Params, x: Tensor, dropout: bool) -> Tensor:
+    def _fast_order(self) -> list[tuple[int, Layer]]:
+        """Layers in execution order for the batched kernels, with ``act → maxpool`` run as
+        ``maxpool → act``.
+
+        Exact: the activations are non-decreasing, so max and activation commute; pooling first
+        makes the activation touch a quarter of the values (the MNIST net's largest tensor is the
+        first conv's output, and memory traffic, not arithmetic, limits the batched forward).
+        """
+        order = list(enumerate(self.layers))
+        i = 0
+        while i + 1 < len(order):
+            if isinstance(order[i][1], Act) and isinstance(order[i + 1][1], MaxPool):
+                order[i], order[i + 1] = order[i + 1], order[i]
+                i += 2
+            else:
+                i += 1
+        return order
+
+    def _forward_grouped(
+        self, params: Params, x: Tensor, dropout: bool, channels_last: bool = False
+    ) -> Tensor:
         """All K members at once: grouped convolutions on ``[B, K*C, H, W]``, ``bmm`` for linears.
 
         The first layer sees the *shared* input, so it runs as one ordinary conv / matmul with the
@@ -287,10 +325,13 @@ class TargetSpec:
         b = x.shape[0]
         h = x
         layout = "shared"  # "shared": [B, ...]; "grouped": [B, K*C, H, W]; "members": [K, B, F]
-        for i, layer in enumerate(self.layers):
+        for i, layer in self._fast_order():
             if isinstance(layer, Conv):
                 w, bias = params[f"{i}.weight"], params[f"{i}.bias"]
                 w = w.reshape(k * layer.out_channels, *w.shape[2:])
+                if channels_last:
+                    h = h.contiguous(memory_format=torch.channels_last)
+                    w = w.contiguous(memory_format=torch.channels_last)
                 if layout == "shared":
                     h = F.conv2d(h, w, bias.reshape(-1), padding=layer.padding)
                 else:
@@ -318,6 +359,57 @@ class TargetSpec:
             h = h.unsqueeze(0).expand(k, *h.shape)
         return h
 
+    def _forward_unfold(self, params: Params, x: Tensor, dropout: bool) -> Tensor:
+        """Members folded into the batch (``[K*B, C, H, W]``); convs after the first as im2col + matmul.
+
+        Trades the grouped convolution (slow in cuDNN for many small groups) for one batched
+        matrix product per layer, which TF32 / bf16 tensor cores accelerate.
+        """
+        k = num_members(params)
+        b = x.shape[0]
+        h = x
+        layout = "shared"  # "shared": [B, ...]; "folded": [K*B, C, H, W]; "members": [K, B, F]
+        for i, layer in self._fast_order():
+            if isinstance(layer, Conv):
+                w, bias = params[f"{i}.weight"], params[f"{i}.bias"]
+                if layout == "shared":
+                    h = F.conv2d(h, w.reshape(k * layer.out_channels, *w.shape[2:]), bias.reshape(-1),
+                                 padding=layer.padding)  # fmt: skip
+                    hh, ww = h.shape[-2:]
+                    h = h.view(b, k, layer.out_channels, hh, ww).transpose(0, 1)
+                    h = h.reshape(k * b, layer.out_channels, hh, ww)
+                else:
+                    hh = h.shape[-2] + 2 * layer.padding - layer.kernel_size + 1
+                    ww = h.shape[-1] + 2 * layer.padding - layer.kernel_size + 1
+                    cols = F.unfold(h, layer.kernel_size, padding=layer.padding)  # [K*B, C*k*k, L]
+                    ckk, n_pos = cols.shape[1], cols.shape[2]
+                    cols = cols.view(k, b, ckk, n_pos).transpose(1, 2).reshape(k, ckk, b * n_pos)
+                    out = torch.baddbmm(bias.unsqueeze(-1), w.reshape(k, layer.out_channels, ckk), cols)
+                    out = out.view(k, layer.out_channels, b, n_pos).transpose(1, 2)  # [K, B, Cout, L]
+                    h = out.reshape(k * b, layer.out_channels, hh, ww)
+                layout = "folded"
+            elif isinstance(layer, Linear):
+                w, bias = params[f"{i}.weight"], params[f"{i}.bias"]
+                if layout == "shared":
+                    h = F.linear(h, w.reshape(k * layer.out_features, -1), bias.reshape(-1))
+                    h = h.reshape(b, k, layer.out_features).transpose(0, 1)
+                else:
+                    if layout == "folded":
+                        h = h.reshape(k, b, -1)
+                    h = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
+                layout = "members"
+            elif isinstance(layer, Flatten):
+                if layout == "folded":
+                    h = h.reshape(k, b, -1)
+                    layout = "members"
+                elif layout == "shared":
+                    h = h.reshape(b, -1)
+            else:
+                h = _apply_stateless(layer, h, dropout)
+        if layout == "shared":
+            h = h.unsqueeze(0).expand(k, *h.shape)
+        return h
+
 
 def _apply_stateless(layer: Layer, h: Tensor, dropout: bool) -> Tensor:
     if isinstance(layer, Act):
@@ -337,13 +429,192 @@ def _apply_stateless(layer: Layer, h: Tensor, dropout: bool) -> Tensor:
     raise ValueError(f"layer {layer!r} has no stateless form")
 
 
-def choose_strategy(device: torch.device, grad: bool) -> str:
+def activation_bytes(target: Target, dtype: torch.dtype = torch.float32) -> int | None:
+    """Bytes of layer outputs one member-image writes in an unfused forward (None: unknown).
+
+    Used to size chunks; the paper's MNIST net writes ~186 KB per member-image in float32.
+    """
+    if not isinstance(target, TargetSpec):
+        return None
+    shape, total = target.input_shape, 0
+    for layer in target.layers:
+        if isinstance(layer, Conv):
+            shape = (layer.out_channels, shape[1] + 2 * layer.padding - layer.kernel_size + 1,
+                     shape[2] + 2 * layer.padding - layer.kernel_size + 1)  # fmt: skip
+        elif isinstance(layer, MaxPool):
+            shape = (shape[0], shape[1] // layer.kernel_size, shape[2] // layer.kernel_size)
+        elif isinstance(layer, Flatten):
+            continue
+        elif isinstance(layer, Linear):
+            shape = (layer.out_features,)
+        total += math.prod(shape)
+    return total * torch.finfo(dtype).bits // 8
+
+
+# --------------------------------------------------------------------------- strategies
+MODES = ("train", "score", "attack")
+"""``train``: gradients w.r.t. the weights; ``score``: no gradients; ``attack``: gradients w.r.t.
+the inputs only (frozen weights)."""
+
+MODIFIERS = ("cl", "tf32", "bf16", "compile", "graph")
+STRATEGY_ENV = "HGDEFEND_STRATEGY"
+
+# Documented error of reduced precision against float32 (tests/test_speed_strategies.py checks it):
+# logits: max |logit error| / max |logit|. bfloat16 keeps 8 mantissa bits (round-off 2**-9 ≈ 2e-3);
+# measured up to 7.5e-3 on the built-in nets (random weights, K=4, B=8; CPU). TF32 keeps 10 bits.
+PRECISION_BOUNDS = {"fp32": 1e-5, "tf32": 1e-2, "bf16": 2e-2}
+# gradients (weights and inputs): ||error|| / ||grad||. bfloat16 measured 0.08-0.20: a rounding flip
+# moves a max-pool or leaky-ReLU decision, so bf16 is for scoring, never chosen for train / attack.
+GRAD_PRECISION_BOUNDS = {"fp32": 1e-5, "tf32": 2e-2, "bf16": 0.3}
+
+
+@dataclass(frozen=True)
+class StrategyPlan:
+    """How one forward is run: a kernel plus optional modifiers (``"grouped+cl+bf16"``).
+
+    * kernel ``grouped`` — grouped convolutions; ``unfold`` — members folded into the batch, convs as
+      im2col + batched matmul; ``vmap`` — ``torch.func.vmap`` over the single-network forward;
+      ``loop`` — one network at a time (the reference; never chosen automatically).
+    * ``cl`` channels-last memory format; ``tf32`` TF32 matmuls/convs on CUDA (plain float32
+      elsewhere); ``bf16`` compute in bfloat16, logits returned as float32 (error bound in
+      :data:`PRECISION_BOUNDS`); ``compile`` ``torch.compile`` (first call compiles: seconds to
+      minutes); ``graph`` CUDA graphs through ``torch.compile(mode="reduce-overhead")`` (CUDA only).
+    """
+
+    kernel: str = "grouped"
+    channels_last: bool = False
+    precision: str = "fp32"
+    compile: bool = False
+    cuda_graph: bool = False
+
+    @property
+    def name(self) -> str:
+        mods = [m for m, on in (("cl", self.channels_last), ("tf32", self.precision == "tf32"),
+                                ("bf16", self.precision == "bf16"), ("compile", self.compile),
+                                ("graph", self.cuda_graph)) if on]  # fmt: skip
+        return "+".join([self.kernel, *mods])
+
+
+def parse_strategy(strategy: str) -> StrategyPlan:
+    """``"kernel[+modifier...]"`` → :class:`StrategyPlan`; a clear error names what is allowed."""
+    if not isinstance(strategy, str) or not strategy:
+        raise ValueError(f"strategy: expected a string like 'grouped' or 'unfold+bf16', got {strategy!r}")
+    kernel, *mods = [part.strip() for part in strategy.split("+")]
+    if kernel not in KERNELS:
+        raise ValueError(f"strategy: kernel must be one of {KERNELS} (or 'auto'), got {kernel!r}")
+    bad = [m for m in mods if m not in MODIFIERS]
+    if bad:
+        raise ValueError(f"strategy: unknown modifier(s) {bad}; allowed: {MODIFIERS}")
+    if "tf32" in mods and "bf16" in mods:
+        raise ValueError("strategy: choose at most one of 'tf32' and 'bf16'")
+    if kernel == "loop" and set(mods) - {"tf32", "bf16"}:
+        raise ValueError("strategy: 'loop' is the reference and only takes a precision modifier")
+    precision = "bf16" if "bf16" in mods else "tf32" if "tf32" in mods else "fp32"
+    graph = "graph" in mods
+    return StrategyPlan(kernel, "cl" in mods, precision, "compile" in mods or graph, graph)
+
+
+def mode_of(params: Params) -> str:
+    """The evaluation mode, read from autograd state: train / score / attack (see :data:`MODES`)."""
+    if not torch.is_grad_enabled():
+        return "score"
+    return "train" if any(t.requires_grad for t in params.values()) else "attack"
+
+
+# The automatic choice per (device type, mode), from benchmarks/members.py and benchmarks/gpu_check.py
+# (tables, commands, devices and dates in benchmarks/RESULTS.md). CUDA: grouped convolution with TF32
+# was the fastest non-bf16 strategy in all three modes on an H100 (K=100, B=1,000), and TF32 stays
+# inside PRECISION_BOUNDS (tests/test_speed_strategies.py, on that GPU); bf16 and torch.compile are
+# faster still for scoring but stay opt-in (error bound / compile time per new shape). CPU: grouped.
+DEFAULT_STRATEGIES: dict[tuple[str, str], str] = {
+    ("cpu", "train"): "grouped",
+    ("cpu", "score"): "grouped",
+    ("cpu", "attack"): "grouped",
+    ("cuda", "train"): "grouped+tf32",
+    ("cuda", "score"): "grouped+tf32",
+    ("cuda", "attack"): "grouped+tf32",
+}
+
+
+def choose_strategy(device: torch.device | str, mode: str | bool = "score") -> str:
     """The default member-evaluation strategy for a device and mode.
 
-    Grouped convolution is the measured winner for training steps on GPU and for every mode on CPU
-    (benchmarks/members.py); change this one function when a measurement says otherwise.
+    ``HGDEFEND_STRATEGY`` overrides it: one strategy for every mode (``"unfold+tf32"``) or per mode
+    (``"train=grouped,score=unfold"``). ``mode`` may also be a bool (True = train, as before).
     """
-    return "grouped"
+    if isinstance(mode, bool):
+        mode = "train" if mode else "score"
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    env = os.environ.get(STRATEGY_ENV, "").strip()
+    if env:
+        if "=" not in env:
+            return env
+        for part in env.split(","):
+            key, _, value = part.partition("=")
+            if key.strip() == mode:
+                return value.strip()
+    dev = torch.device(device).type
+    return DEFAULT_STRATEGIES.get((dev, mode), "grouped")
+
+
+def resolve_strategy(strategy: str, device: torch.device | str, mode: str) -> StrategyPlan:
+    """``"auto"`` → the measured default; then parse and check the plan fits the device."""
+    if strategy is None or strategy == "auto":
+        strategy = choose_strategy(device, mode)
+        if strategy == "auto":
+            raise ValueError(f"{STRATEGY_ENV}: must name a strategy, not 'auto'")
+    plan = parse_strategy(strategy)
+    if plan.cuda_graph and torch.device(device).type != "cuda":
+        raise ValueError("strategy: '+graph' (CUDA graphs) needs a CUDA device")
+    return plan
+
+
+@contextlib.contextmanager
+def _precision(plan: StrategyPlan, device: torch.device) -> Iterator[None]:
+    """On CUDA, pin float32 matmul/conv precision to IEEE (fp32) or TF32 for the call; a no-op elsewhere.
+
+    (cuDNN convolutions default to TF32 on recent GPUs, so "fp32" must say so explicitly.)
+    """
+    if device.type != "cuda":
+        yield
+        return
+    mm, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    want = "tf32" if plan.precision == "tf32" else "ieee"
+    if hasattr(mm, "fp32_precision") and hasattr(conv, "fp32_precision"):
+        old = (mm.fp32_precision, conv.fp32_precision)
+        mm.fp32_precision = conv.fp32_precision = want
+        try:
+            yield
+        finally:
+            mm.fp32_precision, conv.fp32_precision = old
+        return
+    old_flags = (mm.allow_tf32, torch.backends.cudnn.allow_tf32)  # torch before the fp32_precision API
+    mm.allow_tf32 = torch.backends.cudnn.allow_tf32 = want == "tf32"
+    try:
+        yield
+    finally:
+        mm.allow_tf32, torch.backends.cudnn.allow_tf32 = old_flags
+
+
+_COMPILED: dict[tuple[Any, ...], Callable[..., Tensor]] = {}
+
+
+def _kernel_fn(spec: TargetSpec, plan: StrategyPlan) -> Callable[[Params, Tensor, bool], Tensor]:
+    """The kernel as a callable, compiled (once per spec and plan) when the plan asks for it."""
+    if plan.kernel == "grouped":
+        fn = functools.partial(spec._forward_grouped, channels_last=plan.channels_last)
+    elif plan.kernel == "unfold":
+        fn = spec._forward_unfold
+    else:
+        fn = spec._forward_vmap
+    if not plan.compile:
+        return fn
+    key = (spec, plan.kernel, plan.channels_last, plan.cuda_graph)
+    if key not in _COMPILED:
+        mode = "reduce-overhead" if plan.cuda_graph else None
+        _COMPILED[key] = torch.compile(fn, mode=mode, dynamic=False)
+    return _COMPILED[key]
 
 
 def _kaiming_init(groups: Sequence[ParamGroup], k: int, generator: torch.Generator | None) -> Params:
@@ -493,19 +764,28 @@ class ModuleTarget:
     def forward(
         self, params: Params, x: Tensor, *, strategy: Strategy = "auto", dropout: bool = False
     ) -> Tensor:
+        """Logits ``[K, B, C]``. Any kernel but ``loop`` runs as ``vmap`` (a module has no grouped
+        form); precision modifiers apply, ``cl`` / ``compile`` / ``graph`` are ignored here."""
+        plan = resolve_strategy(strategy, x.device, mode_of(params))
         self.module.train(dropout)
         try:
             buffers = dict(self.module.named_buffers())
+            if plan.precision == "bf16":
+                x = x.to(torch.bfloat16)
+                params = {n: t.to(torch.bfloat16) for n, t in params.items()}
+                buffers = {n: b.to(torch.bfloat16) if b.is_floating_point() else b
+                           for n, b in buffers.items()}  # fmt: skip
 
             def one(p: Params) -> Tensor:
                 return torch.func.functional_call(self.module, {**p, **buffers}, (x,))
 
-            if strategy == "loop":
-                k = num_members(params)
-                return torch.stack([one({n: t[i] for n, t in params.items()}) for i in range(k)])
-            if strategy not in ("auto", "vmap", "grouped"):
-                raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
-            return torch.func.vmap(one, randomness="different" if dropout else "error")(params)
+            with _precision(plan, x.device):
+                if plan.kernel == "loop":
+                    k = num_members(params)
+                    out = torch.stack([one({n: t[i] for n, t in params.items()}) for i in range(k)])
+                else:
+                    out = torch.func.vmap(one, randomness="different" if dropout else "error")(params)
+            return out.float() if plan.precision == "bf16" else out
         finally:
             self.module.eval()
 

@@ -22,7 +22,7 @@ from .data import Split
 from .ensemble import SampledEnsemble
 from .hypergan import HyperGAN, make_generator
 from .io import load_checkpoint, save_checkpoint
-from .targets import Params, Target, mc_dropout_variant
+from .targets import Params, Target, mc_dropout_variant, parse_strategy
 from .validation import HgdefendError
 
 
@@ -46,6 +46,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     time_budget_s: float | None = None
     seed: int = 0
+    strategy: str = "auto"  # member-evaluation strategy (hgdefend.targets.parse_strategy)
 
     def __post_init__(self) -> None:
         for name in ("steps", "nets_per_step", "batch_size"):
@@ -58,6 +59,8 @@ class TrainConfig:
         if self.lr_schedule not in ("cosine", "constant"):
             raise HgdefendError(f"lr_schedule: expected 'cosine' or 'constant', got {self.lr_schedule!r}")
         self.betas = tuple(self.betas)
+        if self.strategy != "auto":
+            parse_strategy(self.strategy)  # fail at construction, naming the field
 
 
 @dataclass
@@ -206,7 +209,7 @@ class Trainer:
         params = hg.weights(codes)
         idx = torch.randint(len(self.x), (min(cfg.batch_size, len(self.x)),), generator=g)
         idx = idx.to(self.device)
-        logits = hg.target.forward(params, self.x[idx])
+        logits = hg.target.forward(params, self.x[idx], strategy=cfg.strategy)
         loss = task_loss(logits, self.y[idx], self.task)
         reg = hg.regulariser_loss(codes, g)
         total = loss + hg.beta * reg
@@ -264,7 +267,8 @@ class Trainer:
         return TrainResult(step, secs, history, pre)
 
 
-_BOOKKEEPING = ("eval_every", "eval_members", "checkpoint_every", "time_budget_s")
+# ``strategy`` changes only float round-off, not the method, so a resume may switch it.
+_BOOKKEEPING = ("eval_every", "eval_members", "checkpoint_every", "time_budget_s", "strategy")
 
 
 def _math_config(d: dict) -> dict:
@@ -304,7 +308,7 @@ def train_members(
 
     def step_fn(step: int, g: torch.Generator) -> dict[str, float]:
         idx = torch.randint(len(x), (min(cfg.batch_size, len(x)),), generator=g).to(dev)
-        logits = target.forward(params, x[idx], dropout=dropout)
+        logits = target.forward(params, x[idx], dropout=dropout, strategy=cfg.strategy)
         loss = task_loss(logits, y[idx], target.task) * k  # each member's gradient as if alone
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,0 +1,143 @@
+"""The GPU numbers issue #7 asks for, in one go, each against its baseline in the same run (JSON).
+
+1. members forward at K=100, B=1,000 (and forward+backward) for every strategy vs the per-network loop;
+2. one HyperGAN training step (32 nets × 100 images, paper MNIST net) batched vs the loop;
+3. PGD-40 (eps 0.3, step 0.01) against 10 sampled members on 1,000 MNIST-shaped images — with
+   ``hgdefend.attacks.PGD`` when present, and always as a plain 40-step gradient-sign loop on
+   ``ensemble.forward_logits``.
+Random inputs stand in for MNIST (speed does not depend on pixel values).
+
+    python benchmarks/gpu_check.py [--out gpu_check.json] [--skip-compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import members as members_bench  # noqa: E402
+from train_mnist import time_steps  # noqa: E402
+
+from hgdefend import HyperGAN, TrainConfig  # noqa: E402
+from hgdefend.data import Split  # noqa: E402
+from hgdefend.ensemble import SampledEnsemble, ensemble_log_proba  # noqa: E402
+from hgdefend.targets import DEFAULT_STRATEGIES, mnist_paper  # noqa: E402
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def plain_pgd(ens: SampledEnsemble, x: torch.Tensor, y: torch.Tensor, steps=40, eps=0.3, alpha=0.01):
+    x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = torch.nn.functional.nll_loss(ensemble_log_proba(ens.forward_logits(x_adv)), y)
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = (x + (x_adv.detach() + alpha * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    return x_adv
+
+
+def timed(fn, reps: int = 3) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None, help="also write the JSON here (updated after each part)")
+    ap.add_argument("--skip-compile", action="store_true", help="leave out torch.compile / CUDA graphs")
+    ap.add_argument("--strategies", default=None, help="comma list for part 1 (default: all for the device)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: check the script runs (CPU)")
+    args = ap.parse_args()
+    sizes = (4, 8, 2, 16, 2, 1) if args.smoke else (100, 1000, 32, 1000, 40, 3)
+    k_mem, b_mem, nets, imgs, pgd_steps, reps = sizes
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    report: dict = {"benchmark": "gpu_check", "device": members_bench.device_name(dev),
+                    "torch": torch.__version__, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+                    "auto_table": {f"{d}/{m}": s for (d, m), s in DEFAULT_STRATEGIES.items()}}  # fmt: skip
+
+    def save() -> None:
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=1))
+
+    # 1. members at K=100, B=1000
+    pool = members_bench.CUDA_STRATEGIES if dev.type == "cuda" else members_bench.CPU_STRATEGIES
+    pool = args.strategies.split(",") if args.strategies else pool
+    strategies = [s for s in pool if not (args.skip_compile and ("compile" in s or "graph" in s))]
+    m = members_bench.main(["--device", str(dev), "--k", str(k_mem), "--batch", str(b_mem),
+                            "--modes", "score,train,attack", "--strategies", ",".join(strategies),
+                            "--min-time", "0.3"])  # fmt: skip
+    report["members_k100_b1000"] = m["results"]
+    best = {}
+    for mode in ("score", "train", "attack"):
+        rows = [r for r in m["results"] if r["mode"] == mode and "member_images_per_s" in r]
+        fp32 = [r for r in rows if "bf16" not in r["strategy"] and r["strategy"] != "loop"]
+        loop = next((r for r in rows if r["strategy"] == "loop"), None)
+        top = max(fp32, key=lambda r: r["member_images_per_s"], default=None)
+        if top and loop:
+            best[mode] = {"fastest_non_bf16": top["strategy"],
+                          "member_images_per_s": top["member_images_per_s"],
+                          "loop_member_images_per_s": loop["member_images_per_s"],
+                          "speedup_vs_loop": top["speedup_vs_loop"]}  # fmt: skip
+    report["best_by_mode"] = best
+    save()
+
+    # 2. training step: 32 nets x 100 images, batched vs loop, same HyperGAN
+    spec = mnist_paper()
+    g = torch.Generator().manual_seed(0)
+    data = type("D", (), {})()
+    data.train = Split(torch.rand(2000, 1, 28, 28, generator=g), torch.randint(10, (2000,), generator=g))
+    torch.manual_seed(0)
+    hg = HyperGAN(spec)
+    cfg = TrainConfig(nets_per_step=nets, batch_size=100, lr_schedule="constant")
+    steps = {}
+    for s in ("auto", "grouped", "grouped+tf32", "grouped+bf16", "unfold+tf32", "vmap", "loop"):
+        try:
+            steps[s] = round(time_steps(hg, data, cfg, s, dev, 10 if reps > 1 else 1) * 1e3, 3)
+        except Exception as exc:
+            steps[s] = f"{type(exc).__name__}: {str(exc)[:150]}"
+    loop_ms = steps["loop"]
+    report["train_step_ms"] = steps
+    report["train_step_loop_over"] = {s: round(loop_ms / v, 2) for s, v in steps.items()
+                                      if isinstance(v, float) and isinstance(loop_ms, float)}  # fmt: skip
+    save()
+
+    # 3. PGD-40 against 10 members, 1000 images
+    x = torch.rand(imgs, 1, 28, 28, generator=g).to(dev)
+    y = torch.randint(10, (imgs,), generator=g).to(dev)
+    ens = SampledEnsemble(spec, {n: t.to(dev) for n, t in spec.init_params(10, g).items()})
+    pgd = {}
+    for s in ("auto", "grouped", "grouped+tf32", "grouped+bf16", "unfold+tf32", "loop"):
+        ens.strategy = s
+        pgd[f"plain_loop_{s}_s"] = round(timed(lambda e=ens: plain_pgd(e, x, y, steps=pgd_steps), reps), 4)
+    try:
+        from hgdefend.attacks import PGD
+
+        for s in ("auto", "grouped+bf16"):
+            ens.strategy = s
+            attack = PGD(ens, eps=0.3, alpha=0.01, steps=pgd_steps, early_stop=False)
+            pgd[f"hgdefend_PGD_{s}_s"] = round(timed(lambda a=attack: a(x, y), reps), 4)
+    except Exception as exc:  # the attacks package may not exist yet, or differ
+        pgd["hgdefend_PGD"] = f"not timed: {type(exc).__name__}: {str(exc)[:150]}"
+    report["pgd40_10members_1000images"] = pgd
+    save()
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
