@@ -14,13 +14,14 @@ from typing import Any
 import torch
 
 from .data import DataSplits, load_data
+from .detectors.section import apply_gate, detection_section, parse_fail_under
 from .ensemble import SampledEnsemble, diversity, pairwise_disagreement
 from .hypergan import HyperGAN
 from .io import LoadedModel, load_model, save_model
 from .report import environment, write_report
 from .targets import TargetSpec, cifar10_paper, digits_small, mnist_paper, regression_1d
 from .training import TrainConfig, Trainer, resolve_device
-from .validation import HgdefendError, check_k
+from .validation import HgdefendError, check_fraction, check_k
 
 
 def default_spec(data: DataSplits) -> TargetSpec:
@@ -171,6 +172,8 @@ def run_evaluate(opts: EvaluateOptions, command: str | None = None) -> tuple[dic
     """Run the evaluation and write the report; return (report, written paths)."""
     t0 = time.perf_counter()
     members = check_k(opts.members, "members")
+    gate_limits = parse_fail_under(opts.fail_under)  # bad syntax fails before any training
+    check_fraction(opts.target_fpr, "target_fpr")
     device = resolve_device(opts.device)
     out_dir = Path(opts.out)
     pre = load_model(opts.model, device=device) if opts.model else None
@@ -201,6 +204,8 @@ def run_evaluate(opts: EvaluateOptions, command: str | None = None) -> tuple[dic
         result = section(ctx)
         if result is not None:
             report[name] = result
+    if gate_limits:
+        report["gate"] = apply_gate(report, gate_limits)
     report["meta"]["seconds"] = round(time.perf_counter() - t0, 2)
     return report, write_report(out_dir, report)
 
@@ -208,5 +213,6 @@ def run_evaluate(opts: EvaluateOptions, command: str | None = None) -> tuple[dic
 SECTIONS: list[tuple[str, Any]] = [
     ("accuracy", lambda ctx: accuracy_section(ctx.ensemble, ctx.data)),
     ("diversity", lambda ctx: diversity_section(ctx.ensemble)),
+    ("detection", detection_section),
 ]
 """Report sections in order: (key, fn(EvalContext) -> dict | None). Detection and attacks append."""

@@ -11,10 +11,17 @@ from ..ensemble import SampledEnsemble
 from ..validation import HgdefendError, check_fraction
 from .scores import SCORE_FUNCTIONS, check_score_name
 
+_EPS = 1e-9  # absorbs float error: 0.9 / 0.1 is 9.000000000000002, and 9 samples do suffice
+
+
+def _conformal_rank(n: int, target_fpr: float) -> int:
+    return math.ceil((n + 1) * (1 - target_fpr) - _EPS)
+
 
 def min_calibration_size(target_fpr: float) -> int:
     """Smallest n for which the conformal threshold below exists: (n + 1)(1 − α) <= n."""
-    return math.ceil((1 - target_fpr) / target_fpr)
+    target_fpr = check_fraction(target_fpr, "target_fpr")
+    return max(1, math.ceil((1 - target_fpr) / target_fpr - _EPS))
 
 
 def conformal_threshold(clean_scores: np.ndarray, target_fpr: float) -> float:
@@ -22,7 +29,10 @@ def conformal_threshold(clean_scores: np.ndarray, target_fpr: float) -> float:
 
     (Split-conformal quantile; exchangeability of calibration and test clean data is assumed.)
     """
-    scores = np.asarray(clean_scores, dtype=np.float64).ravel()
+    target_fpr = check_fraction(target_fpr, "target_fpr")
+    scores = np.asarray(clean_scores, dtype=np.float64)
+    if scores.ndim != 1:
+        raise HgdefendError(f"scores: expected a 1-D array of calibration scores, got shape {scores.shape}")
     if not np.all(np.isfinite(scores)):
         raise HgdefendError("scores: calibration scores contain NaN or infinite values")
     n = scores.size
@@ -32,7 +42,7 @@ def conformal_threshold(clean_scores: np.ndarray, target_fpr: float) -> float:
             f"x_calib: {n} calibration samples are too few for target_fpr={target_fpr:g}; "
             f"need at least {need}"
         )
-    rank = math.ceil((n + 1) * (1 - target_fpr))
+    rank = min(n, _conformal_rank(n, target_fpr))
     return float(np.sort(scores)[rank - 1])
 
 
@@ -61,16 +71,27 @@ class ScoreDetector:
 
     @property
     def active_ensemble(self) -> SampledEnsemble:
-        return self.scoring_ensemble or self.ensemble
+        return self.ensemble if self.scoring_ensemble is None else self.scoring_ensemble
 
     def score(self, x: object) -> np.ndarray:
         ens = self.active_ensemble
         logits = ens.member_logits(x, batch_size=self.batch_size)
-        return SCORE_FUNCTIONS[self.score_name](logits).cpu().numpy().astype(np.float64)
+        s = SCORE_FUNCTIONS[self.score_name](logits).cpu().numpy().astype(np.float64)
+        if not np.all(np.isfinite(s)):  # NaN > threshold is False: it would pass unflagged
+            raise HgdefendError(
+                f"scores: the ensemble gave NaN or infinite {self.score_name} scores for "
+                f"{int(np.sum(~np.isfinite(s)))} inputs; check the model weights"
+            )
+        return s
 
     def fit(self, x_calib: object, y: object = None) -> ScoreDetector:
         """Set ``threshold_`` so that about ``target_fpr`` of clean inputs are flagged."""
-        s = self.score(x_calib)
+        return self.fit_scores(self.score(x_calib))
+
+    def fit_scores(self, calib_scores: object) -> ScoreDetector:
+        """``fit`` from scores already computed with ``active_ensemble`` on clean calibration data
+        (lets a report fit one detector per score from a single batched forward pass)."""
+        s = np.asarray(calib_scores, dtype=np.float64)
         self.threshold_ = conformal_threshold(s, self.target_fpr)
         self.calibration_fpr_ = float(np.mean(s > self.threshold_))
         self.n_calibration_ = int(s.size)
