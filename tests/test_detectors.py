@@ -286,3 +286,49 @@ def test_evaluate_gate_exit_codes(digits_eval, tmp_path):
     assert not (tmp_path / "c").exists()  # rejected before any work
     bad_fpr = runner.invoke(cli, [*base, "--out", str(tmp_path / "d"), "--target-fpr", "1.2"])
     assert bad_fpr.exit_code == 2 and "target_fpr" in bad_fpr.output
+
+
+def test_evaluate_with_ood_dataset_file(digits_eval, tmp_path):
+    """--ood takes any dataset of the model's input shape (here an .npz of noise images) and adds it
+    as a second OOD set beside the held-out classes."""
+    out, _ = digits_eval
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "noise.npz"
+    np.savez(npz, x=rng.random((200, 8, 8)).astype(np.float32), y=rng.integers(0, 10, 200))
+    res = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            "--model",
+            str(out / "model.safetensors"),
+            "--members",
+            "10",
+            "--ood",
+            str(npz),
+            "--quiet",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    det = json.loads((tmp_path / "r" / "report.json").read_text())["detection"]
+    assert [s["name"] for s in det["ood_sets"]] == ["digits held-out classes", str(npz)]
+    assert {r["ood"] for r in det["rows"]} == {"digits held-out classes", str(npz)}
+    assert len(det["gate_rows"]) == 2
+
+
+def test_detection_section_without_ood_reports_thresholds_only(trained_digits, digits, tmp_path):
+    from hgdefend.detectors.section import detection_section, render_detection
+    from hgdefend.evaluation import EvalContext, EvaluateOptions
+
+    opts = EvaluateOptions(out=str(tmp_path), members=10, in_classes=None)
+    ctx = EvalContext(
+        opts, digits, trained_digits, trained_digits.ensemble(10, seed=0), torch.device("cpu"), "", ""
+    )
+    sec = detection_section(ctx)
+    assert digits.ood is None and sec["ood_sets"] == [] and sec["rows"] == [] and "No OOD set" in sec["note"]
+    assert len(sec["thresholds"]) == 5 and all(0 <= t["realised_fpr"] <= 1 for t in sec["thresholds"])
+    assert "roc" not in sec["plots"] and (tmp_path / sec["plots"]["ecdf"]).is_file()
+    md = "\n".join(render_detection(sec))
+    assert "No OOD set" in md and "realised FPR" in md
+    assert apply_gate({"detection": sec}, {"auroc": 0.5})["passed"] is False
