@@ -225,3 +225,13 @@ def test_cuda_chunking_and_auto_choice():
     ens.member_images_per_chunk = 64
     assert _rel_err(ens.forward_logits(x.cuda()), ref) <= 1e-5
     assert ens.subset(3).chunk_size() == 64
+
+
+def test_default_threads_drop_to_one_on_a_busy_machine(monkeypatch):
+    from hgdefend.cli import common
+
+    monkeypatch.setattr(common.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(common.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    assert common.default_threads() == 4
+    monkeypatch.setattr(common.os, "getloadavg", lambda: (6.0, 6.0, 6.0))
+    assert common.default_threads() == 1

@@ -38,12 +38,27 @@ def friendly_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def default_threads() -> int:
+    """One thread per core (at most 8) on an idle machine; one thread when the cores are already busy.
+
+    Measured on 2 cores (benchmarks/RESULTS.md): idle, ``hgdefend evaluate`` took 25.7 s with 2 threads
+    vs 31.6 s with 1; with other jobs running, 2 threads made a training step 3-4× slower than 1
+    thread and single-image calls hundreds of times slower (OpenMP threads wait on descheduled peers).
+    """
+    cores = max(1, min(os.cpu_count() or 1, 8))
+    try:
+        busy = os.getloadavg()[0] >= cores
+    except OSError:  # not available on this platform
+        busy = False
+    return 1 if busy else cores
+
+
 def set_threads(threads: int | None) -> None:
     """Pick torch's CPU threads deliberately: oversubscription was measured to slow PGD ~30×."""
     import torch
 
     if threads is None:
-        threads = max(1, min(os.cpu_count() or 1, 8))
+        threads = default_threads()
     if threads < 1:
         raise CLIError("--threads: expected an integer >= 1")
     torch.set_num_threads(threads)
@@ -53,7 +68,7 @@ def common_options(fn: Callable) -> Callable:
     """--seed, --device, --threads, --quiet."""
     fn = click.option("--quiet", "-q", is_flag=True, help="No progress bars or summaries.")(fn)
     fn = click.option("--threads", type=int, default=None,
-                      help="torch CPU threads (default: cores, at most 8).")(fn)  # fmt: skip
+                      help="torch CPU threads (default: cores up to 8; 1 if busy).")(fn)  # fmt: skip
     fn = click.option("--device", default="auto", show_default=True,
                       help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")(fn)  # fmt: skip
     fn = click.option("--seed", type=int, default=0, show_default=True,
