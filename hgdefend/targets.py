@@ -259,22 +259,22 @@ class TargetSpec:
         function, ``"auto"`` takes the measured default for this device and mode.
         """
         plan = resolve_strategy(strategy, x.device, mode_of(params))
-        if plan.kernel == "loop":
-            k = num_members(params)
-            with _precision(plan, x.device):
-                return torch.stack(
-                    [self._forward_single({n: t[i] for n, t in params.items()}, x, dropout) for i in range(k)]
-                )
-        fn = _kernel_fn(self, plan)
         with _precision(plan, x.device):
             if plan.precision == "bf16":
                 x = x.to(torch.bfloat16)
                 params = {n: t.to(torch.bfloat16) for n, t in params.items()}
-            if plan.cuda_graph:
-                torch.compiler.cudagraph_mark_step_begin()
-            out = fn(params, x, dropout)
-            if plan.cuda_graph:  # the graph's output buffer is reused by the next replay
-                out = out.clone()
+            if plan.kernel == "loop":
+                k = num_members(params)
+                out = torch.stack(
+                    [self._forward_single({n: t[i] for n, t in params.items()}, x, dropout) for i in range(k)]
+                )
+            else:
+                fn = _kernel_fn(self, plan)
+                if plan.cuda_graph:
+                    torch.compiler.cudagraph_mark_step_begin()
+                out = fn(params, x, dropout)
+                if plan.cuda_graph:  # the graph's output buffer is reused by the next replay
+                    out = out.clone()
         return out.float() if plan.precision == "bf16" else out
 
     def _forward_vmap(self, params: Params, x: Tensor, dropout: bool) -> Tensor:
