@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .attacks.suite import attack_config, attacks_section
 from .data import DataSplits, load_data
 from .detectors.section import apply_gate, detection_section, parse_fail_under
 from .ensemble import SampledEnsemble, diversity, pairwise_disagreement
@@ -174,6 +175,7 @@ def run_evaluate(opts: EvaluateOptions, command: str | None = None) -> tuple[dic
     members = check_k(opts.members, "members")
     gate_limits = parse_fail_under(opts.fail_under)  # bad syntax fails before any training
     check_fraction(opts.target_fpr, "target_fpr")
+    attack_config(opts)  # bad attack names / eps fail before any training
     device = resolve_device(opts.device)
     out_dir = Path(opts.out)
     pre = load_model(opts.model, device=device) if opts.model else None
@@ -204,6 +206,7 @@ def run_evaluate(opts: EvaluateOptions, command: str | None = None) -> tuple[dic
         result = section(ctx)
         if result is not None:
             report[name] = result
+            report["findings"] += result.get("findings", []) if isinstance(result, dict) else []
     if gate_limits:
         report["gate"] = apply_gate(report, gate_limits)
     report["meta"]["seconds"] = round(time.perf_counter() - t0, 2)
@@ -214,5 +217,6 @@ SECTIONS: list[tuple[str, Any]] = [
     ("accuracy", lambda ctx: accuracy_section(ctx.ensemble, ctx.data)),
     ("diversity", lambda ctx: diversity_section(ctx.ensemble)),
     ("detection", detection_section),
+    ("attacks", attacks_section),
 ]
 """Report sections in order: (key, fn(EvalContext) -> dict | None). Detection and attacks append."""
