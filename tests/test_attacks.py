@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 
+from hgdefend import HyperGAN, Trainer
 from hgdefend.attacks import FGSM, PGD, AdaptivePGD, FreshSamples, ensemble_loss
 from hgdefend.attacks.suite import AttackConfig, parse_eps
-from hgdefend.evaluation import EvaluateOptions, default_spec, run_evaluate
+from hgdefend.evaluation import EvaluateOptions, default_recipe, default_spec, run_evaluate
 from hgdefend.training import TrainConfig, deep_ensemble
 from hgdefend.validation import HgdefendError
 
@@ -88,7 +89,19 @@ def test_early_stop_stops(ens, xy):
     assert float(used.max()) <= eps + 1e-6 and float(used.mean()) < eps
 
 
-def test_adaptive_eot_and_loss(trained_digits, digits):
+@pytest.fixture(scope="module")
+def small_hg(digits):
+    """A HyperGAN trained for a few steps: EOT mechanics need sampled weights, not accuracy."""
+    hp, cfg = default_recipe(digits)
+    cfg.steps, cfg.pretrain_max_steps = 10, 10
+    torch.manual_seed(0)
+    hg = HyperGAN(default_spec(digits), **hp)
+    Trainer(hg, digits.train, cfg, progress=False, device="cpu").fit()
+    return hg
+
+
+def test_adaptive_eot_and_loss(small_hg, digits):
+    trained_digits = small_hg
     x, y = digits.test.x[:40], digits.test.y[:40]
     sampler = FreshSamples(trained_digits, 3, seed=1)
     atk = AdaptivePGD(sampler, 0.2, steps=3, lam=0.5)
