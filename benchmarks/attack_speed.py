@@ -1,0 +1,95 @@
+"""PGD-40 against a 10-member MNIST ensemble: batched member forward vs a per-network loop.
+
+Both variants run the same attack code (``hgdefend.attacks.PGD``) on the same inputs and weights;
+only the member-evaluation strategy differs (``"auto"`` = the library's batched path,
+``"loop"`` = the per-network reference). Weights are the paper's MNIST target at its random
+initialisation (speed does not depend on training). Prints JSON.
+
+    python benchmarks/attack_speed.py --images 1000 --data-root ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+from hgdefend import load_data
+from hgdefend.attacks import PGD
+from hgdefend.ensemble import SampledEnsemble
+from hgdefend.hypergan import make_generator
+from hgdefend.targets import mnist_paper
+from hgdefend.training import resolve_device
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--members", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--eps", type=float, default=0.3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = resolve_device(args.device)
+    data = load_data("mnist", root=args.data_root)
+    x, y = data.test.x[: args.images].to(dev), data.test.y[: args.images].to(dev)
+    spec = mnist_paper()
+    params = {n: t.to(dev) for n, t in spec.init_params(args.members, make_generator(0)).items()}
+    results = {}
+    adv = {}
+    for strategy in ("auto", "loop"):
+        ens = SampledEnsemble(spec, params, strategy=strategy)
+        attack = PGD(ens, args.eps, 0.01, args.steps, seed=0)
+        attack(x[:8], y[:8])  # warm-up (kernels, autotuning)
+        times = []
+        for _ in range(args.repeats):
+            _sync(dev)
+            t0 = time.perf_counter()
+            adv[strategy] = attack(x, y)
+            _sync(dev)
+            times.append(time.perf_counter() - t0)
+        results[strategy] = {"seconds_median": sorted(times)[len(times) // 2], "seconds_all": times}
+    diff = float((adv["auto"] - adv["loop"]).abs().max())
+    out = {
+        "benchmark": "attack_speed",
+        "attack": {
+            "name": "pgd",
+            "norm": "linf",
+            "eps": args.eps,
+            "alpha": 0.01,
+            "steps": args.steps,
+            "random_start": True,
+        },
+        "members": args.members,
+        "images": len(x),
+        "repeats": args.repeats,
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batched": results["auto"],
+        "loop": results["loop"],
+        "speedup_batched_vs_loop": results["loop"]["seconds_median"] / results["auto"]["seconds_median"],
+        "max_abs_diff_adv_batched_vs_loop": diff,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
