@@ -338,21 +338,13 @@ class TargetSpec:
                     h = F.conv2d(h, w, bias.reshape(-1), padding=layer.padding, groups=k)
                 layout = "grouped"
             elif isinstance(layer, Linear):
-                w, bias = params[f"{i}.weight"], params[f"{i}.bias"]
-                if layout == "shared":
-                    h = F.linear(h, w.reshape(k * layer.out_features, -1), bias.reshape(-1))
-                    h = h.reshape(b, k, layer.out_features).transpose(0, 1)
-                else:
-                    if layout == "grouped":
-                        h = h.reshape(b, k, -1).transpose(0, 1)
-                    h = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
+                h = _members_linear(h, params[f"{i}.weight"], params[f"{i}.bias"], layout, k, b)
                 layout = "members"
             elif isinstance(layer, Flatten):
-                if layout == "grouped":
-                    h = h.reshape(b, k, -1).transpose(0, 1)
-                    layout = "members"
-                elif layout == "shared":
+                if layout == "shared":
                     h = h.reshape(b, -1)
+                else:
+                    h, layout = _as_members(h, layout, k, b), "members"
             else:
                 h = _apply_stateless(layer, h, dropout)
         if layout == "shared":  # a spec with no parameters: every member is the same function
@@ -389,26 +381,36 @@ class TargetSpec:
                     h = out.reshape(k * b, layer.out_channels, hh, ww)
                 layout = "folded"
             elif isinstance(layer, Linear):
-                w, bias = params[f"{i}.weight"], params[f"{i}.bias"]
-                if layout == "shared":
-                    h = F.linear(h, w.reshape(k * layer.out_features, -1), bias.reshape(-1))
-                    h = h.reshape(b, k, layer.out_features).transpose(0, 1)
-                else:
-                    if layout == "folded":
-                        h = h.reshape(k, b, -1)
-                    h = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
+                h = _members_linear(h, params[f"{i}.weight"], params[f"{i}.bias"], layout, k, b)
                 layout = "members"
             elif isinstance(layer, Flatten):
-                if layout == "folded":
-                    h = h.reshape(k, b, -1)
-                    layout = "members"
-                elif layout == "shared":
+                if layout == "shared":
                     h = h.reshape(b, -1)
+                else:
+                    h, layout = _as_members(h, layout, k, b), "members"
             else:
                 h = _apply_stateless(layer, h, dropout)
         if layout == "shared":
             h = h.unsqueeze(0).expand(k, *h.shape)
         return h
+
+
+def _as_members(h: Tensor, layout: str, k: int, b: int) -> Tensor:
+    """``[K, B, F]`` from a grouped (``[B, K*C, H, W]``) or folded (``[K*B, C, H, W]``) activation."""
+    if layout == "grouped":
+        return h.reshape(b, k, -1).transpose(0, 1)
+    if layout == "folded":
+        return h.reshape(k, b, -1)
+    return h
+
+
+def _members_linear(h: Tensor, w: Tensor, bias: Tensor, layout: str, k: int, b: int) -> Tensor:
+    """K linear layers at once. On the shared input ``[B, F]`` one matmul with stacked weights;
+    otherwise ``baddbmm`` over the member axis. Returns ``[K, B, out]``."""
+    if layout == "shared":
+        out = w.shape[1]
+        return F.linear(h, w.reshape(k * out, -1), bias.reshape(-1)).reshape(b, k, out).transpose(0, 1)
+    return torch.baddbmm(bias.unsqueeze(1), _as_members(h, layout, k, b), w.transpose(1, 2))
 
 
 def _apply_stateless(layer: Layer, h: Tensor, dropout: bool) -> Tensor:
