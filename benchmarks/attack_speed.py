@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import torch
+from _common import device_name, sync
 
 from hgdefend import load_data
 from hgdefend.attacks import PGD
@@ -23,11 +23,6 @@ from hgdefend.ensemble import SampledEnsemble
 from hgdefend.hypergan import make_generator
 from hgdefend.targets import mnist_paper
 from hgdefend.training import resolve_device
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -56,10 +51,10 @@ def main() -> None:
         attack(x[:8], y[:8])  # warm-up (kernels, autotuning)
         times = []
         for _ in range(args.repeats):
-            _sync(dev)
+            sync(dev)
             t0 = time.perf_counter()
             adv[strategy] = attack(x, y)
-            _sync(dev)
+            sync(dev)
             times.append(time.perf_counter() - t0)
         results[strategy] = {"seconds_median": sorted(times)[len(times) // 2], "seconds_all": times}
     diff = float((adv["auto"] - adv["loop"]).abs().max())
@@ -77,9 +72,7 @@ def main() -> None:
         "images": len(x),
         "repeats": args.repeats,
         "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev)
-        if dev.type == "cuda"
-        else platform.processor() or "cpu",
+        "device_name": device_name(dev),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "batched": results["auto"],

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import sys
 import time
 
 import torch
+from _common import device_name, sync
 
 from hgdefend.ensemble import SampledEnsemble
 from hgdefend.targets import choose_strategy, mnist_paper, parse_strategy
@@ -37,17 +37,6 @@ CUDA_STRATEGIES = ["grouped", "grouped+cl", "unfold", "vmap", "grouped+tf32", "u
 
 def ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
-
-
-def device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    return f"{platform.processor() or platform.machine()} CPU ({torch.get_num_threads()} torch threads)"
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def one_call(ens: SampledEnsemble, x: torch.Tensor, mode: str, strategy: str) -> None:

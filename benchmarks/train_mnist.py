@@ -13,28 +13,17 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import device_name, sync
 
 from hgdefend import HyperGAN, TrainConfig, Trainer, load_data
 from hgdefend.ensemble import diversity, pairwise_disagreement
 from hgdefend.targets import choose_strategy, mnist_paper
 from hgdefend.training import quick_eval, resolve_device
-
-
-def device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    return f"{platform.processor() or platform.machine()} CPU, torch threads {torch.get_num_threads()}"
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def time_steps(hg: HyperGAN, data, cfg: TrainConfig, strategy: str, dev: torch.device, n: int) -> float:
