@@ -185,7 +185,9 @@ def run_evaluate(opts: EvaluateOptions, command: str | None = None) -> tuple[dic
     ens = loaded.hypergan.ensemble(members, seed=opts.seed)
     ctx = EvalContext(opts, data, loaded.hypergan, ens, device, loaded.sha256, loaded.path)
     report: dict[str, Any] = {
-        "title": f"{data.name}, {members}-network HyperGAN ensemble",
+        "title": f"{data.name}"
+        + (f" (classes {data.classes} in-distribution, the rest held out as OOD)" if data.ood else "")
+        + f", {members}-network HyperGAN ensemble",
         "findings": [],
         "meta": environment(
             seed=opts.seed, device=device, model_sha256=loaded.sha256, command=command
