@@ -27,7 +27,7 @@ import torch
 from _common import device_name, sync
 
 from hgdefend.ensemble import SampledEnsemble
-from hgdefend.targets import choose_strategy, mnist_paper, parse_strategy
+from hgdefend.targets import BUILTIN_SPECS, choose_strategy, parse_strategy
 
 CPU_STRATEGIES = ["grouped", "grouped+cl", "unfold", "vmap", "grouped+bf16", "unfold+bf16", "loop"]
 CUDA_STRATEGIES = ["grouped", "grouped+cl", "unfold", "vmap", "grouped+tf32", "unfold+tf32",
@@ -82,10 +82,12 @@ def measure(ens, x, mode, strategy, dev, min_time: float, max_reps: int) -> dict
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--target", default="mnist_paper", choices=sorted(BUILTIN_SPECS))
     ap.add_argument("--k", default="10,100,1000", help="ensemble sizes")
     ap.add_argument("--batch", default="1,256,4096", help="batch sizes")
     ap.add_argument("--modes", default="score,train", help="score, train, attack")
-    ap.add_argument("--strategies", default=None, help="comma list (default: all that fit the device)")
+    ap.add_argument("--strategies", default=None,
+                    help="comma list; 'auto' = the library's choice (default: all that fit)")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="CPU-sized grid: K 10,100,1000 x B 1,256, cap 10 s")
     ap.add_argument("--time-cap-s", type=float, default=30.0, help="skip calls predicted to take longer")
     ap.add_argument("--min-time", type=float, default=0.5, help="seconds of timed calls per case")
@@ -103,11 +105,12 @@ def main(argv: list[str] | None = None) -> dict:
     strategies = (args.strategies.split(",") if args.strategies else
                   CUDA_STRATEGIES if dev.type == "cuda" else CPU_STRATEGIES)  # fmt: skip
     for s in strategies:
-        parse_strategy(s)
-    spec = mnist_paper()
+        if s != "auto":
+            parse_strategy(s)
+    spec = BUILTIN_SPECS[args.target]()
     gen = torch.Generator().manual_seed(0)
     all_params = {n: t.to(dev) for n, t in spec.init_params(max(ks), gen).items()}
-    x_all = torch.rand(max(bs), 1, 28, 28, generator=gen).to(dev)
+    x_all = torch.rand(max(bs), *spec.input_shape, generator=gen).to(dev)
     rates: dict[tuple[str, str], float] = {}
     results = []
     for mode in modes:
@@ -120,10 +123,13 @@ def main(argv: list[str] | None = None) -> dict:
             row_loop = None
             rows = []
             for strat in strategies:
-                if parse_strategy(strat).cuda_graph and mode != "score":
+                if strat != "auto" and parse_strategy(strat).cuda_graph and mode != "score":
                     continue  # CUDA graphs are measured for fixed-shape scoring only
                 case = {"mode": mode, "k": k, "batch": b, "strategy": strat,
                         "chunk": ens.chunk_size()}  # fmt: skip
+                if strat == "auto":
+                    work = min(b, max(1, ens.chunk_size() // k)) * spec.activations_per_input
+                    case["auto_resolved"] = choose_strategy(dev, mode, work)
                 rate = rates.get((mode, strat))
                 if rate is not None and k * b / rate > args.time_cap_s:
                     case["skipped"] = (f"predicted {k * b / rate:.0f} s per call from {rate:.0f} "
@@ -157,8 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": device_name(dev),
         "torch": torch.__version__,
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-        "net": "mnist_paper (4.2 MFLOP per member-image)",
-        "auto_choice": {m: choose_strategy(dev, m) for m in ("train", "score", "attack")},
+        "net": f"{spec.name} ({spec.activations_per_input} activations per member-image)",
         "results": results,
     }
     print(json.dumps(out, indent=1))

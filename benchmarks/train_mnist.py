@@ -96,21 +96,35 @@ def main(argv: list[str] | None = None) -> dict:
         "device": device_name(dev),
         "torch": torch.__version__,
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-        "config": {"nets_per_step": cfg.nets_per_step, "batch_size": cfg.batch_size, "lr": cfg.lr,
-                   "regulariser": "gan", "beta": 1.0, "budget_s": args.budget_s,
-                   "eval_members": args.eval_members, "eval_images": len(val)},  # fmt: skip
-        "step_time": {"batched_strategy": auto, "batched_ms": round(t_batched * 1e3, 2),
-                      "loop_ms": round(t_loop * 1e3, 2), "loop_over_batched": round(t_loop / t_batched, 2),
-                      "steps_timed": args.timing_steps},  # fmt: skip
+        "config": {
+            "nets_per_step": cfg.nets_per_step,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "regulariser": "gan",
+            "beta": 1.0,
+            "budget_s": args.budget_s,
+            "eval_members": args.eval_members,
+            "eval_images": len(val),
+        },  # fmt: skip
+        "step_time": {
+            "batched_strategy": auto,
+            "batched_ms": round(t_batched * 1e3, 2),
+            "loop_ms": round(t_loop * 1e3, 2),
+            "loop_over_batched": round(t_loop / t_batched, 2),
+            "steps_timed": args.timing_steps,
+        },  # fmt: skip
         "steps": res.steps,
         "seconds": round(train_s, 1),
         "steps_per_s_including_evals": round(res.steps / train_s, 2),
         "one_eval_s": round(eval_s, 2),
-        "history": [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()}
-                    for h in res.history],
+        "history": [
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()} for h in res.history
+        ],
         "final": {**final, "members": args.eval_members},
-        "diversity": {"rel_std_weight_norm": {n: round(d["rel_std"], 4) for n, d in diversity(ens).items()},
-                      "pairwise_disagreement": round(pairwise_disagreement(logits), 4)},  # fmt: skip
+        "diversity": {
+            "rel_std_weight_norm": {n: round(d["rel_std"], 4) for n, d in diversity(ens).items()},
+            "pairwise_disagreement": round(pairwise_disagreement(logits), 4),
+        },  # fmt: skip
     }
     print(json.dumps(out, indent=2))
     return out

@@ -244,6 +244,25 @@ class TargetSpec:
         except (KeyError, TypeError) as exc:
             raise ValueError(f"target config: malformed ({exc!r})") from exc
 
+    @functools.cached_property
+    def activations_per_input(self) -> int:
+        """Values the conv and linear layers write per input: the per-network work measure the CPU
+        strategy choice uses (memory traffic, not FLOPs, decides it; see :func:`choose_strategy`)."""
+        shape, total = self.input_shape, 0
+        for layer in self.layers:
+            if isinstance(layer, Conv):
+                shape = (layer.out_channels, shape[1] + 2 * layer.padding - layer.kernel_size + 1,
+                         shape[2] + 2 * layer.padding - layer.kernel_size + 1)  # fmt: skip
+                total += math.prod(shape)
+            elif isinstance(layer, MaxPool):
+                shape = (shape[0], shape[1] // layer.kernel_size, shape[2] // layer.kernel_size)
+            elif isinstance(layer, Flatten):
+                shape = (math.prod(shape),)
+            elif isinstance(layer, Linear):
+                shape = (layer.out_features,)
+                total += layer.out_features
+        return total
+
     # weights ----------------------------------------------------------------------------
     def init_params(self, k: int, generator: torch.Generator | None = None) -> Params:
         """K independent initialisations (Kaiming-uniform, as torch's defaults)."""
@@ -258,7 +277,8 @@ class TargetSpec:
         ``strategy`` picks how (see :func:`parse_strategy`); every strategy computes the same
         function, ``"auto"`` takes the measured default for this device and mode.
         """
-        plan = resolve_strategy(strategy, x.device, mode_of(params))
+        work = x.shape[0] * self.activations_per_input
+        plan = resolve_strategy(strategy, x.device, mode_of(params), work)
         with _precision(plan, x.device):
             if plan.precision == "bf16":
                 x = x.to(torch.bfloat16)
@@ -527,7 +547,8 @@ def mode_of(params: Params) -> str:
 # (tables, commands, devices and dates in benchmarks/RESULTS.md). CUDA: grouped convolution with TF32
 # was the fastest non-bf16 strategy in all three modes on an H100 (K=100, B=1,000), and TF32 stays
 # inside PRECISION_BOUNDS (tests/test_speed_strategies.py, on that GPU); bf16 and torch.compile are
-# faster still for scoring but stay opt-in (error bound / compile time per new shape). CPU: grouped.
+# faster still for scoring but stay opt-in (error bound / compile time per new shape). CPU: grouped
+# for small per-network calls, the loop above CPU_LOOP_MIN_WORK (see choose_strategy).
 DEFAULT_STRATEGIES: dict[tuple[str, str], str] = {
     ("cpu", "train"): "grouped",
     ("cpu", "score"): "grouped",
@@ -538,11 +559,22 @@ DEFAULT_STRATEGIES: dict[tuple[str, str], str] = {
 }
 
 
-def choose_strategy(device: torch.device | str, mode: str | bool = "score") -> str:
+# On CPU, oneDNN's grouped convolution beats K separate calls only while each network's call is
+# small: per-call overhead dominates there, memory traffic above. Measured with batch sizes 1-256 on
+# the 8×8-digits and MNIST nets (1,546 and 20,490 activations per input, 1 thread; benchmarks/RESULTS.md
+# "CPU: grouped or loop"), the loop caught up between 1e5 and 4e5 activations per network call for
+# both nets, in all three modes.
+CPU_LOOP_MIN_WORK = 1 << 18
+
+
+def choose_strategy(device: torch.device | str, mode: str | bool = "score", work: int | None = None) -> str:
     """The default member-evaluation strategy for a device and mode.
 
-    ``HGDEFEND_STRATEGY`` overrides it: one strategy for every mode (``"unfold+tf32"``) or per mode
-    (``"train=grouped,score=unfold"``). ``mode`` may also be a bool (True = train, as before).
+    ``work`` is the number of activations one network writes for the call (batch × the target's
+    ``activations_per_input``); on CPU, calls at or above :data:`CPU_LOOP_MIN_WORK` run as the
+    per-network loop. ``HGDEFEND_STRATEGY`` overrides it all: one strategy for every mode
+    (``"unfold+tf32"``) or per mode (``"train=grouped,score=unfold"``). ``mode`` may also be a bool
+    (True = train, as before).
     """
     if isinstance(mode, bool):
         mode = "train" if mode else "score"
@@ -557,13 +589,17 @@ def choose_strategy(device: torch.device | str, mode: str | bool = "score") -> s
             if key.strip() == mode:
                 return value.strip()
     dev = torch.device(device).type
+    if dev == "cpu" and work is not None and work >= CPU_LOOP_MIN_WORK:
+        return "loop"
     return DEFAULT_STRATEGIES.get((dev, mode), "grouped")
 
 
-def resolve_strategy(strategy: str, device: torch.device | str, mode: str) -> StrategyPlan:
+def resolve_strategy(
+    strategy: str, device: torch.device | str, mode: str, work: int | None = None
+) -> StrategyPlan:
     """``"auto"`` → the measured default; then parse and check the plan fits the device."""
     if strategy is None or strategy == "auto":
-        strategy = choose_strategy(device, mode)
+        strategy = choose_strategy(device, mode, work)
         if strategy == "auto":
             raise ValueError(f"{STRATEGY_ENV}: must name a strategy, not 'auto'")
     plan = parse_strategy(strategy)

@@ -126,6 +126,30 @@ def _count_calls(monkeypatch, name):
     return calls
 
 
+def test_cpu_choice_depends_on_the_work_per_network_call(monkeypatch):
+    monkeypatch.delenv("HGDEFEND_STRATEGY", raising=False)
+    spec = T.digits_small()
+    # conv 16×8×8 + conv 32×4×4 + linear 10 values per input
+    assert spec.activations_per_input == 16 * 64 + 32 * 16 + 10
+    small = T.CPU_LOOP_MIN_WORK - 1
+    assert choose_strategy("cpu", "score", small) == "grouped"
+    assert choose_strategy("cpu", "train", T.CPU_LOOP_MIN_WORK) == "loop"
+    assert choose_strategy("cuda", "score", 10 * T.CPU_LOOP_MIN_WORK).startswith("grouped")
+    loop_b = -(-T.CPU_LOOP_MIN_WORK // spec.activations_per_input)  # smallest batch that reaches it
+    _, params, x = _case(T.digits_small, b=loop_b)
+    grouped = _count_calls(monkeypatch, "_forward_grouped")
+    single = _count_calls(monkeypatch, "_forward_single")
+    with torch.no_grad():
+        big = spec.forward(params, x)
+        assert single == ["_forward_single"] * 3 and grouped == []
+        small_out = spec.forward(params, x[:2])
+        assert grouped == ["_forward_grouped"]
+    ref = spec.forward(params, x, strategy="grouped")
+    assert _rel_err(big, ref) <= 1e-5 and _rel_err(small_out, ref[:, :2]) <= 1e-5
+    monkeypatch.setenv("HGDEFEND_STRATEGY", "unfold")  # an explicit choice still wins
+    assert choose_strategy("cpu", "score", 10 * T.CPU_LOOP_MIN_WORK) == "unfold"
+
+
 def test_env_override_per_mode(monkeypatch):
     spec, params, x = _case(T.digits_small)
     unfold = _count_calls(monkeypatch, "_forward_unfold")
