@@ -171,8 +171,9 @@ class TargetSpec:
         self._output_shape()  # raises on an inconsistent stack
 
     # shape bookkeeping ------------------------------------------------------------------
-    def _output_shape(self) -> tuple[int, ...]:
-        shape = self.input_shape
+    def _layer_shapes(self) -> list[tuple[int, ...]]:
+        """The output shape of every layer for one input; raises on an inconsistent stack."""
+        shape, shapes = self.input_shape, []
         for i, layer in enumerate(self.layers):
             where = f"layers[{i}] ({type(layer).__name__})"
             if isinstance(layer, Conv):
@@ -200,6 +201,11 @@ class TargetSpec:
                     raise ValueError(f"{where}: p must be in [0, 1)")
             elif not isinstance(layer, Act):
                 raise ValueError(f"{where}: unknown layer type")
+            shapes.append(shape)
+        return shapes
+
+    def _output_shape(self) -> tuple[int, ...]:
+        shape = self._layer_shapes()[-1] if self.layers else self.input_shape
         if len(shape) != 1:
             raise ValueError(f"the last layer must output a vector, got shape {shape}")
         return shape
@@ -248,20 +254,11 @@ class TargetSpec:
     def activations_per_input(self) -> int:
         """Values the conv and linear layers write per input: the per-network work measure the CPU
         strategy choice uses (memory traffic, not FLOPs, decides it; see :func:`choose_strategy`)."""
-        shape, total = self.input_shape, 0
-        for layer in self.layers:
-            if isinstance(layer, Conv):
-                shape = (layer.out_channels, shape[1] + 2 * layer.padding - layer.kernel_size + 1,
-                         shape[2] + 2 * layer.padding - layer.kernel_size + 1)  # fmt: skip
-                total += math.prod(shape)
-            elif isinstance(layer, MaxPool):
-                shape = (shape[0], shape[1] // layer.kernel_size, shape[2] // layer.kernel_size)
-            elif isinstance(layer, Flatten):
-                shape = (math.prod(shape),)
-            elif isinstance(layer, Linear):
-                shape = (layer.out_features,)
-                total += layer.out_features
-        return total
+        return sum(
+            math.prod(shape)
+            for layer, shape in zip(self.layers, self._layer_shapes(), strict=True)
+            if isinstance(layer, Conv | Linear)
+        )
 
     # weights ----------------------------------------------------------------------------
     def init_params(self, k: int, generator: torch.Generator | None = None) -> Params:
