@@ -1,0 +1,41 @@
+"""The speed benchmarks run end to end on tiny cases and print the JSON RESULTS.md is built from.
+
+No timing is asserted (timings are what the scripts measure, not what tests check); these keep the
+scripts from rotting between measured runs.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run(script: str, *args: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout)
+
+
+def test_members_benchmark_compares_auto_with_the_loop_in_the_same_run():
+    d = _run("members.py", "--target", "digits_small", "--k", "2", "--batch", "1,200",
+             "--modes", "score,attack", "--strategies", "auto,grouped,loop",
+             "--min-time", "0", "--max-reps", "2", "--threads", "1")  # fmt: skip
+    rows = d["results"]
+    assert len(rows) == 2 * 2 * 3
+    assert all(r["speedup_vs_loop"] > 0 for r in rows)
+    resolved = {(r["mode"], r["batch"]): r["auto_resolved"] for r in rows if r["strategy"] == "auto"}
+    # 200 digits × 1,546 activations is past the CPU crossover, one digit is not
+    assert resolved == {("score", 1): "grouped", ("score", 200): "loop",
+                        ("attack", 1): "grouped", ("attack", 200): "loop"}  # fmt: skip
+
+
+def test_attack_speed_benchmark_gives_identical_adversarials(shared_data):
+    d = _run("attack_speed.py", "--images", "4", "--members", "2", "--steps", "2", "--repeats", "1",
+             "--threads", "1", "--data-root", str(shared_data))  # fmt: skip
+    assert set(d["strategies"]) == {"auto", "grouped", "loop"}
+    # identical so far; the bound leaves room for one sign flip of a near-zero gradient (2 × alpha)
+    assert all(r["max_abs_diff_adv_vs_loop"] <= 0.02 for r in d["strategies"].values())
