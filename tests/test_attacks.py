@@ -10,7 +10,7 @@ import torch
 
 from hgdefend import HyperGAN, Trainer
 from hgdefend.attacks import FGSM, PGD, AdaptivePGD, FreshSamples, ensemble_loss
-from hgdefend.attacks.suite import AttackConfig, parse_eps
+from hgdefend.attacks.suite import EVADES_MISSED, AttackConfig, findings, parse_eps
 from hgdefend.evaluation import EvaluateOptions, default_recipe, default_spec, run_evaluate
 from hgdefend.training import TrainConfig, deep_ensemble
 from hgdefend.validation import HgdefendError
@@ -186,3 +186,25 @@ def test_evaluate_writes_attacks_section(tmp_path):
     on_disk = json.loads(paths["json"].read_text())
     assert on_disk["attacks"]["methods"][0]["rows"][0]["attack"] == "fgsm"
     assert all(f in report["findings"] for f in sec["findings"])
+
+
+def test_findings_report_inputs_that_get_through_not_a_low_auroc_alone():
+    def row(protocol, auroc, missed, **params):
+        return {"attack": "pgd", "protocol": protocol, "eps": 0.3, "score": "entropy", "auroc": auroc,
+                "tpr_at_threshold": 0.5, "missed_and_wrong": missed, "params": params}  # fmt: skip
+
+    sec = {
+        "sanity": {"passed": True},
+        "methods": [
+            {"name": "hypergan", "rows": [
+                row("adaptive", 0.26, 0.025, lam=0.3),  # score pushed below clean, but fools almost no one
+                row("fixed", 0.97, EVADES_MISSED),  # high AUROC, yet a tenth gets through
+                row("adaptive", 0.79, 0.83, lam=0.0),
+            ]},
+            {"name": "deep-ensemble", "rows": [row("fixed", 0.5, 0.9)]},  # baselines are not findings
+        ],
+    }  # fmt: skip
+    out = findings(sec)
+    assert len(out) == 2
+    assert out[0].startswith("Fixed-budget PGD at eps 0.3 evades") and "10.0 %" in out[0]
+    assert "λ = 0" in out[1] and "83.0 %" in out[1] and "AUROC 0.79" in out[1]

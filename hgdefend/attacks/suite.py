@@ -47,7 +47,11 @@ ATTACK_NAMES = ("fgsm", "pgd")
 PROTOCOL_NAMES = ("paper", "fixed", "adaptive")
 BASELINE_NAMES = ("deep-ensemble", "mc-dropout", "single")
 SANITY_MIN_SUCCESS = 0.95
-EVADES_AUROC = 0.8  # below this a row is reported as the attack beating the detector
+# A row is reported as the attack beating the detector when at least this share of the attacked
+# inputs is misclassified by the scoring ensemble *and* not flagged. (AUROC alone misleads: an
+# adaptive attack that pushes the score below clean inputs gets AUROC < 0.5 while fooling almost no
+# one, and a high AUROC can still let a fifth of the inputs through at the operating threshold.)
+EVADES_MISSED = 0.10
 PLOT_NAME = "attacks_success_vs_eps.png"
 
 
@@ -366,11 +370,13 @@ def findings(sec: dict[str, Any]) -> list[str]:
         if m["name"] != "hypergan":
             continue
         for r in m["rows"]:
-            if r["auroc"] < EVADES_AUROC:
+            if r["missed_and_wrong"] >= EVADES_MISSED:
+                lam = f", λ = {r['params']['lam']:g}" if "lam" in r["params"] else ""
                 out.append(
-                    f"{label[r['protocol']]} {r['attack'].upper()} at eps {r['eps']:g} evades the "
-                    f"{r['score']} detector: AUROC {fmt(r['auroc'], 2)}, {pct(r['missed_and_wrong'])} of "
-                    f"attacked inputs misclassified by a fresh ensemble and not flagged."
+                    f"{label[r['protocol']]} {r['attack'].upper()} at eps {r['eps']:g}{lam} evades the "
+                    f"{r['score']} detector: {pct(r['missed_and_wrong'])} of attacked inputs misclassified "
+                    f"by a fresh ensemble and not flagged (AUROC {fmt(r['auroc'], 2)}, TPR "
+                    f"{pct(r['tpr_at_threshold'])} at the threshold)."
                 )
     return out
 
