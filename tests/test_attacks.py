@@ -208,3 +208,10 @@ def test_findings_report_inputs_that_get_through_not_a_low_auroc_alone():
     assert len(out) == 2
     assert out[0].startswith("Fixed-budget PGD at eps 0.3 evades") and "10.0 %" in out[0]
     assert "λ = 0" in out[1] and "83.0 %" in out[1] and "AUROC 0.79" in out[1]
+
+
+def test_adaptive_attacks_record_their_lambda_even_when_zero():
+    ens = lambda x: torch.zeros(2, len(x), 3)  # noqa: E731 - any member-logit callable is a target
+    d = FGSM(ens, 0.1, score="entropy", lam=0.0).describe()
+    assert d["lam"] == 0.0 and d["score"] == "entropy"
+    assert "lam" not in FGSM(ens, 0.1).describe()

@@ -93,7 +93,7 @@ class AdaptivePGD(PGD):
         super().__init__(target, eps, alpha, steps, score=score, lam=lam, **kw)
 
     def describe(self) -> dict[str, Any]:
-        out = {**super().describe(), "score": self.score, "lam": self.lam}
+        out = super().describe()
         if isinstance(self.target, FreshSamples):
             out["eot"] = self.target.describe()
         return out

@@ -134,8 +134,8 @@ class Attack:
 
     def describe(self) -> dict[str, Any]:
         out = {"attack": self.name, "value_range": list(self.value_range), "loss": "ce_mean_prob"}
-        if self.score is not None and self.lam:
-            out.update(loss=f"ce_mean_prob - lam*{self.score}", lam=self.lam)
+        if self.score is not None:  # a score-aware (adaptive) attack says its λ, even λ = 0
+            out.update(loss=f"ce_mean_prob - lam*{self.score}", score=self.score, lam=self.lam)
         return out
 
     def __call__(self, x: object, y: object) -> Tensor:
