@@ -24,7 +24,7 @@ from hgdefend.data import load_ood
 from hgdefend.detectors import SCORES, compute_scores, conformal_threshold, detection_metrics
 from hgdefend.ensemble import SampledEnsemble
 from hgdefend.evaluation import default_recipe, default_spec
-from hgdefend.training import TrainConfig, deep_ensemble
+from hgdefend.training import TrainConfig, train_members
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -80,6 +80,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", default=str(DEFAULT_ROOT))
     p.add_argument("--budget", type=float, default=240.0, help="training seconds per model")
+    p.add_argument("--deep-budget", type=float, default=None, help="deep ensemble (default: --budget)")
     p.add_argument("--max-steps", type=int, default=20000)
     p.add_argument("--nets-per-step", type=int, default=8, help="HyperGAN networks per step (paper: 32)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -98,20 +99,20 @@ def main() -> None:
     spec = default_spec(data)
     hp, _ = default_recipe(data)
 
-    def config() -> TrainConfig:
+    def config(budget: float) -> TrainConfig:
         # Constant learning rate: with a wall-clock budget the step count is not known up front.
         return TrainConfig(
             steps=args.max_steps,
             nets_per_step=args.nets_per_step,
             batch_size=args.batch_size,
             lr_schedule="constant",
-            time_budget_s=args.budget,
+            time_budget_s=budget,
             seed=args.seed,
         )
 
     torch.manual_seed(args.seed)
     hg = HyperGAN(spec, **hp)
-    res = Trainer(hg, data.train, config(), progress=False, device="cpu").fit()
+    res = Trainer(hg, data.train, config(args.budget), progress=False, device="cpu").fit()
     hg_result = evaluate(
         hg.ensemble(args.members, seed=args.seed), calib, test, ood, args.target_fpr, args.seed
     )
@@ -125,10 +126,14 @@ def main() -> None:
     )
 
     t0 = time.perf_counter()
-    deep = deep_ensemble(spec, data.train, args.deep_members, config(), progress=False, device="cpu")
+    deep_cfg = config(args.budget if args.deep_budget is None else args.deep_budget)
+    params, deep_res = train_members(
+        spec, data.train, args.deep_members, deep_cfg, progress=False, device="cpu"
+    )
     deep_seconds = time.perf_counter() - t0
+    deep = SampledEnsemble(spec, params, kind="deep-ensemble", seed=args.seed)
     deep_result = evaluate(deep, calib, test, ood, args.target_fpr, args.seed)
-    deep_result.update(training_seconds=round(deep_seconds, 1))
+    deep_result.update(training_steps=deep_res.steps, training_seconds=round(deep_seconds, 1))
 
     print(
         json.dumps(
