@@ -10,7 +10,7 @@ import torch
 
 from hgdefend import HyperGAN, Trainer
 from hgdefend.attacks import FGSM, PGD, AdaptivePGD, FreshSamples, ensemble_loss
-from hgdefend.attacks.suite import EVADES_MISSED, AttackConfig, findings, parse_eps
+from hgdefend.attacks.suite import EVADES_MISSED, AttackConfig, attackers_best, findings, parse_eps
 from hgdefend.evaluation import EvaluateOptions, default_recipe, default_spec, run_evaluate
 from hgdefend.training import TrainConfig, deep_ensemble
 from hgdefend.validation import HgdefendError
@@ -215,3 +215,16 @@ def test_adaptive_attacks_record_their_lambda_even_when_zero():
     d = FGSM(ens, 0.1, score="entropy", lam=0.0).describe()
     assert d["lam"] == 0.0 and d["score"] == "entropy"
     assert "lam" not in FGSM(ens, 0.1).describe()
+
+
+def test_attackers_best_lambda_breaks_ties_by_success():
+    # MNIST, FGSM eps 0.1 (benchmarks/RESULTS.md): λ = 0 and 0.3 let the same 2.5 % through
+    sweep = [
+        {"lam": 0.0, "missed_and_wrong": 0.025, "attack_success": 0.142, "auroc": 0.916},
+        {"lam": 0.3, "missed_and_wrong": 0.025, "attack_success": 0.025, "auroc": 0.257},
+        {"lam": 1.0, "missed_and_wrong": 0.020, "attack_success": 0.005, "auroc": 0.256},
+    ]
+    assert attackers_best(sweep)["lam"] == 0.0
+    assert attackers_best(sweep[1:])["lam"] == 0.3
+    sweep[2]["missed_and_wrong"] = 0.5
+    assert attackers_best(sweep)["lam"] == 1.0

@@ -248,6 +248,13 @@ def _evaluate(
     }
 
 
+def attackers_best(sweep: list[dict[str, Any]]) -> dict[str, Any]:
+    """The λ an attacker would keep: most inputs wrong and unflagged; on a tie, more inputs fooled,
+    then the lower AUROC. (Without the middle key a tie at a few per cent picks the λ that pushes
+    the score under clean inputs but fools almost no one.)"""
+    return max(sweep, key=lambda r: (r["missed_and_wrong"], r["attack_success"], -r["auroc"]))
+
+
 def run_method(method: Method, data: DataSplits, cfg: AttackConfig) -> dict[str, Any]:
     """Threshold on clean calibration data, clean test scores, then every attack/protocol/eps."""
     dev = method.attacked.device
@@ -270,7 +277,7 @@ def run_method(method: Method, data: DataSplits, cfg: AttackConfig) -> dict[str,
                     x_adv = atk(x, y)
                     res = _evaluate(method, x, y, x_adv, clean_ok, clean_scores, threshold, cfg)
                     sweep.append({"params": atk.describe(), **res})
-                best = max(sweep, key=lambda r: (r["missed_and_wrong"], -r["auroc"]))
+                best = attackers_best(sweep)
                 row = {
                     "method": method.name,
                     "attack": attack,
