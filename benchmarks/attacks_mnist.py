@@ -14,7 +14,7 @@ import time
 import torch
 
 from hgdefend import HyperGAN, Trainer, load_data
-from hgdefend.attacks.suite import AttackConfig, attacks_section
+from hgdefend.attacks.suite import attack_config, attacks_section
 from hgdefend.evaluation import EvalContext, EvaluateOptions, default_recipe, default_spec
 from hgdefend.training import resolve_device
 
@@ -42,28 +42,34 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     dev = resolve_device(args.device)
+    opts = EvaluateOptions(
+        dataset="mnist",
+        out=args.out,
+        seed=args.seed,
+        members=args.members,
+        attacks=args.attacks,
+        eps=args.eps,
+        protocols=args.protocols,
+        baselines=args.baselines,
+        extra={
+            "attacks": {
+                "n_inputs": args.images,
+                "steps": args.steps,
+                "alpha": args.alpha,
+                "lambdas": tuple(float(v) for v in args.lambdas.split(",")),
+                "baseline_steps": args.baseline_steps or args.train_steps,
+            }
+        },
+    )
+    attack_config(opts)  # bad names fail here, before training
     data = load_data("mnist", root=args.data_root)
     hp, cfg = default_recipe(data)
     cfg.steps, cfg.seed = args.train_steps, args.seed
     torch.manual_seed(args.seed)
     hg = HyperGAN(default_spec(data), **hp)
     res = Trainer(hg, data.train, cfg, val=data.calib, device=dev, progress=False).fit()
-    opts = EvaluateOptions(dataset="mnist", out=args.out, seed=args.seed, members=args.members)
     ens = hg.ensemble(args.members, seed=args.seed).to(dev)
-    ctx = EvalContext(opts, data, hg, ens, dev, "", "")
-    acfg = AttackConfig(
-        attacks=args.attacks,
-        eps=args.eps,
-        protocols=args.protocols,
-        baselines=args.baselines,
-        n_inputs=args.images,
-        steps=args.steps,
-        alpha=args.alpha,
-        lambdas=tuple(float(v) for v in args.lambdas.split(",")),
-        baseline_steps=args.baseline_steps or args.train_steps,
-        seed=args.seed,
-    )
-    sec = attacks_section(ctx, acfg)
+    sec = attacks_section(EvalContext(opts, data, hg, ens, dev, "", ""))
     for m in sec["methods"]:
         for r in m["rows"]:
             r.pop("auroc_ci", None), r.pop("tpr_ci", None)

@@ -78,19 +78,10 @@ class AdaptivePGD(PGD):
 
     name = "adaptive-pgd"
 
-    def __init__(
-        self,
-        target: Any,
-        eps: float = 0.3,
-        alpha: float | None = None,
-        steps: int = 40,
-        *,
-        score: str = "entropy",
-        lam: float = 1.0,
-        **kw: Any,
-    ) -> None:
+    def __init__(self, target: Any, *args: Any, score: str = "entropy", lam: float = 1.0, **kw: Any) -> None:
+        """``eps``, ``alpha``, ``steps`` and the other options are :class:`PGD`'s."""
         kw.setdefault("early_stop", False)
-        super().__init__(target, eps, alpha, steps, score=score, lam=lam, **kw)
+        super().__init__(target, *args, score=score, lam=lam, **kw)
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()

@@ -176,11 +176,9 @@ def build_baselines(
     return out
 
 
-def _predict(ens: Any, x: Tensor, batch: int = 512) -> tuple[Tensor, Tensor]:
+def _predict(ens: SampledEnsemble, x: Tensor, batch: int = 512) -> tuple[Tensor, Tensor]:
     """(ensemble prediction, member logits) without gradients, in batches."""
-    fn = ens.forward_logits
-    with torch.no_grad():
-        logits = torch.cat([fn(x[i : i + batch]) for i in range(0, len(x), batch)], dim=1)
+    logits = ens.member_logits(x, batch_size=batch)
     return torch.softmax(logits, -1).mean(0).argmax(-1), logits
 
 
