@@ -26,7 +26,8 @@ from train_mnist import time_steps  # noqa: E402
 
 from hgdefend import HyperGAN, TrainConfig  # noqa: E402
 from hgdefend.data import Split  # noqa: E402
-from hgdefend.ensemble import SampledEnsemble, ensemble_log_proba  # noqa: E402
+from hgdefend.ensemble import SampledEnsemble  # noqa: E402
+from hgdefend.probabilities import log_mean_probs  # noqa: E402
 from hgdefend.targets import DEFAULT_STRATEGIES, mnist_paper  # noqa: E402
 
 
@@ -39,7 +40,7 @@ def plain_pgd(ens: SampledEnsemble, x: torch.Tensor, y: torch.Tensor, steps=40, 
     x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
     for _ in range(steps):
         x_adv.requires_grad_(True)
-        loss = torch.nn.functional.nll_loss(ensemble_log_proba(ens.forward_logits(x_adv)), y)
+        loss = torch.nn.functional.nll_loss(log_mean_probs(ens.forward_logits(x_adv)), y)
         (grad,) = torch.autograd.grad(loss, x_adv)
         x_adv = (x + (x_adv.detach() + alpha * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
     return x_adv

@@ -29,8 +29,9 @@ from torch import Tensor, nn
 from .data import Split
 from .detectors.detector import ScoreDetector
 from .detectors.scores import SCORE_FUNCTIONS, check_score_name
-from .ensemble import SampledEnsemble, ensemble_log_proba
+from .ensemble import SampledEnsemble
 from .hypergan import HyperGAN, make_generator
+from .probabilities import log_mean_probs
 from .targets import Params, Target, check_params
 from .training import TrainConfig, Trainer, TrainResult
 from .validation import HgdefendError, check_fraction, check_k
@@ -129,7 +130,7 @@ class LogMeanProb(nn.Module):
     """``[B, K, C] -> [B, C]``: log of the mean member probability (logits for ART)."""
 
     def forward(self, member_logits: Tensor) -> Tensor:
-        return ensemble_log_proba(member_logits.transpose(0, 1))
+        return log_mean_probs(member_logits.transpose(0, 1))
 
 
 class DetectorLogits(nn.Module):
@@ -151,7 +152,7 @@ class DetectorLogits(nn.Module):
 
     def forward(self, member_logits: Tensor) -> Tensor:
         m = member_logits.transpose(0, 1)
-        z = ensemble_log_proba(m)
+        z = log_mean_probs(m)
         s = SCORE_FUNCTIONS[self.score](m)
         adv = z.max(-1).values + self.sharpness * (s - self.threshold)
         return torch.cat([z, adv[:, None]], dim=1)

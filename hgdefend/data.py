@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from .validation import HgdefendError
+from .vocab import DATASETS
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cubic")
 DATA_ROOT_ENV = "HGDEFEND_DATA_ROOT"
 
 

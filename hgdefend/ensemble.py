@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from .probabilities import mean_probs
 from .targets import Params, Strategy, Target, activation_bytes, check_params
 from .validation import as_inputs, check_k
 
@@ -160,21 +160,13 @@ class SampledEnsemble:
                 dim=1,
             )
 
-    def member_probs(self, x: object) -> Tensor:
-        return torch.softmax(self.member_logits(x), dim=-1)
-
-    def predict_proba(self, x: object) -> Tensor:
+    def predict_proba(self, x: object, *, batch_size: int | None = None) -> Tensor:
         """Mean of member probabilities ``[B, C]`` (the paper's ensemble prediction)."""
-        return self.member_probs(x).mean(0)
+        return mean_probs(self.member_logits(x, batch_size=batch_size))
 
-    def predict(self, x: object) -> Tensor:
-        return self.predict_proba(x).argmax(-1)
-
-
-def ensemble_log_proba(member_logits: Tensor) -> Tensor:
-    """``log mean_k softmax(logits_k)`` — a valid logit vector whose softmax is the mean probability."""
-    k = member_logits.shape[0]
-    return torch.logsumexp(torch.log_softmax(member_logits, -1), dim=0) - np.log(k)
+    def predict(self, x: object, *, batch_size: int | None = None) -> Tensor:
+        """The ensemble's predicted class ``[B]``."""
+        return self.predict_proba(x, batch_size=batch_size).argmax(-1)
 
 
 def diversity(ensemble: SampledEnsemble) -> dict[str, dict[str, float]]:

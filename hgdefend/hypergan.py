@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .targets import Params, Target
+from .vocab import REGULARISERS
 
 if TYPE_CHECKING:
     from .ensemble import SampledEnsemble
 
 Regulariser = Literal["gan", "mmd", "none"]
-REGULARISERS = ("gan", "mmd", "none")
 
 
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:

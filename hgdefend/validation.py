@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import HgdefendError
 
-class HgdefendError(ValueError):
-    """Bad input to hgdefend. A ``ValueError`` so callers can catch it the usual way."""
+__all__ = ["HgdefendError", "as_inputs", "as_labels", "check_fraction", "check_k"]
 
 
 def as_inputs(

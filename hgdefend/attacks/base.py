@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..detectors.scores import SCORE_FUNCTIONS, check_score_name
-from ..ensemble import ensemble_log_proba
+from ..probabilities import log_mean_probs
 from ..validation import HgdefendError, as_inputs, as_labels
 
 NORMS = ("linf", "l2")
@@ -66,7 +66,7 @@ def check_norm(norm: str) -> str:
 def ensemble_loss(member_logits: Tensor, y: Tensor, *, score: str | None = None, lam: float = 0.0) -> Tensor:
     """Per-example attacker loss: cross-entropy of the ensemble's *mean probability*, minus
     ``lam`` × the detector's score (the adaptive attack lowers the score while fooling)."""
-    loss = torch.nn.functional.nll_loss(ensemble_log_proba(member_logits), y, reduction="none")
+    loss = torch.nn.functional.nll_loss(log_mean_probs(member_logits), y, reduction="none")
     if score is not None and lam != 0.0:
         loss = loss - lam * SCORE_FUNCTIONS[check_score_name(score)](member_logits)
     return loss
@@ -127,7 +127,7 @@ class Attack:
     @torch.no_grad()
     def fooled(self, x: Tensor, y: Tensor) -> Tensor:
         """Per-example: does the attacked target's ensemble prediction differ from ``y``?"""
-        return ensemble_log_proba(self.logits_fn(x)).argmax(-1) != y
+        return log_mean_probs(self.logits_fn(x)).argmax(-1) != y
 
     def clip(self, x: Tensor) -> Tensor:
         return x.clamp(*self.value_range)

@@ -35,6 +35,7 @@ from ..hypergan import HyperGAN
 from ..report import fmt, pct, register_section, table
 from ..training import TrainConfig, deep_ensemble, mc_dropout, single_network
 from ..validation import HgdefendError, check_fraction, check_k
+from ..vocab import ATTACK_NAMES, BASELINE_NAMES, PROTOCOL_NAMES
 from .adaptive import AdaptivePGD, FreshSamples
 from .base import check_eps, check_positive_int
 from .fgsm import FGSM
@@ -43,9 +44,6 @@ from .pgd import PGD
 if TYPE_CHECKING:
     from ..evaluation import EvalContext
 
-ATTACK_NAMES = ("fgsm", "pgd")
-PROTOCOL_NAMES = ("paper", "fixed", "adaptive")
-BASELINE_NAMES = ("deep-ensemble", "mc-dropout", "single")
 SANITY_MIN_SUCCESS = 0.95
 # A row is reported as the attack beating the detector when at least this share of the attacked
 # inputs is misclassified by the scoring ensemble *and* not flagged. (AUROC alone misleads: an

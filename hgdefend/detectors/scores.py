@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-SCORES = ("entropy", "mutual_information", "max_prob", "variance")
+from ..vocab import SCORES
 
 
 def _check(member_logits: Tensor) -> None:

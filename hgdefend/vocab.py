@@ -1,0 +1,16 @@
+"""Names the library and the CLI share, importable without torch (so ``hgdefend --help`` is fast).
+
+Modules that implement these names import them from here; the CLI builds its choices from them.
+"""
+
+from __future__ import annotations
+
+SCORES = ("entropy", "mutual_information", "max_prob", "variance")
+"""Detector scores; every one is oriented so that higher means more suspicious."""
+REGULARISERS = ("gan", "mmd", "none")
+"""How the HyperGAN keeps its latent codes near the Gaussian prior."""
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cubic")
+"""Built-in dataset names (a ``.npz`` path is accepted too)."""
+ATTACK_NAMES = ("fgsm", "pgd")
+PROTOCOL_NAMES = ("paper", "fixed", "adaptive")
+BASELINE_NAMES = ("deep-ensemble", "mc-dropout", "single")
