@@ -31,7 +31,7 @@ import onnxruntime as ort
 import torch
 
 from hgdefend.ensemble import SampledEnsemble
-from hgdefend.export.onnx import EnsembleGraph, export_onnx
+from hgdefend.export import EnsembleGraph, export_onnx
 from hgdefend.targets import mnist_paper
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .targets import Params, Target
+from .targets import Params, Target, param_key
 from .vocab import REGULARISERS
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ class HyperGAN(nn.Module):
             offset = 0
             for pname, shape in group.shapes.items():
                 n = math.prod(shape)
-                key = f"{group.name}.{pname}" if group.name else pname
+                key = param_key(group.name, pname)
                 out[key] = flat[:, offset : offset + n].reshape(k, *shape)
                 offset += n
         return out

@@ -10,12 +10,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from hgdefend import HyperGAN, load_data, save_model
+from hgdefend import HyperGAN, __version__, load_data, save_model
 from hgdefend.cli.main import cli
 from hgdefend.detectors.detector import ScoreDetector
 from hgdefend.detectors.scores import compute_scores
-from hgdefend.export import onnx as hx
-from hgdefend.export.onnx import OnnxDetector, OnnxFileError, ParityError, export_onnx, read_metadata
+from hgdefend.export import (
+    OUTPUTS,
+    EnsembleGraph,
+    OnnxDetector,
+    OnnxFileError,
+    ParityError,
+    export_onnx,
+    read_metadata,
+)
 from hgdefend.io import file_sha256
 from hgdefend.targets import digits_small
 from hgdefend.validation import HgdefendError
@@ -89,12 +96,12 @@ def test_metadata_round_trip(exported, model_file, digits):
     assert float(meta["target_fpr"]) == 0.05
     assert json.loads(meta["input_shape"]) == [1, 8, 8]
     assert json.loads(meta["input_range"]) == [0.0, 1.0]
-    assert meta["library_version"] == hx.__version__
+    assert meta["library_version"] == __version__
     assert int(meta["n_calibration"]) == len(digits.calib)
     det = OnnxDetector(out, device="cpu")
     assert det.k == K and det.input_shape == (1, 8, 8) and det.score == "entropy"
     assert det.threshold == float(meta["threshold"]) == result.threshold
-    assert det.outputs == list(hx.OUTPUTS)
+    assert det.outputs == list(OUTPUTS)
 
 
 def test_calibration_uses_the_models_classes(small_hg, tmp_path):
@@ -171,13 +178,13 @@ def test_failed_parity_leaves_existing_file_untouched(small_hg, tmp_path, monkey
     out = tmp_path / "e.onnx"
     export_onnx(small_hg, 2, out, exporter="legacy")
     before = out.read_bytes()
-    forward = hx.EnsembleGraph.forward
+    forward = EnsembleGraph.forward
 
     def broken(self, x):  # a graph that drifts from torch, as an exporter bug would
         logits, probs, *rest = forward(self, x)
         return (logits, probs * 0.5, *rest)
 
-    monkeypatch.setattr(hx.EnsembleGraph, "forward", broken)
+    monkeypatch.setattr(EnsembleGraph, "forward", broken)
     with pytest.raises(ParityError, match="no file was written"):
         export_onnx(small_hg, 3, out, exporter="legacy")
     assert out.read_bytes() == before

@@ -49,7 +49,7 @@ def detect(onnx_path, input_path, fmt, out, device, threads, batch_size) -> None
     class, the scores (higher = more suspicious) and is_adversarial (empty when the file was
     exported without a threshold).
     """
-    from ..export.onnx import OnnxDetector, load_inputs
+    from ..export import OnnxDetector, load_inputs
 
     if threads is not None and threads < 1:
         raise CLIError("--threads: expected an integer >= 1")

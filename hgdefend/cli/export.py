@@ -91,7 +91,7 @@ def export(
     score and, with a threshold, is_adversarial. The file is kept only if onnxruntime (CPU)
     reproduces the torch ensemble at batch 1 and N; otherwise nothing is left at OUT (exit 1).
     """
-    from ..export.onnx import ParityError, export_onnx
+    from ..export import ParityError, export_onnx
 
     set_threads(threads)
     try:

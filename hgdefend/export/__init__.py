@@ -1,0 +1,72 @@
+"""Export a sampled ensemble to ONNX and run exported files.
+
+* :mod:`.graph` — :func:`export_onnx`: freeze K sampled networks and the detector scores into one
+  ONNX graph, with hgdefend metadata.
+* :mod:`.parity` — :func:`check_parity`: onnxruntime against the torch ensemble before a file is kept.
+* :mod:`.runtime` — :class:`OnnxDetector` / :func:`run_onnx`: run an exported file (what
+  ``hgdefend detect`` needs), with the file format and its integrity check.
+
+The names below are imported on first use, so ``import hgdefend.export`` loads none of the three
+modules (running a file does not need the exporter).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .graph import EnsembleGraph, ExportResult, export_onnx
+    from .parity import ParityError, check_parity
+    from .runtime import (
+        OUTPUTS,
+        OnnxDetector,
+        OnnxFileError,
+        graph_sha256,
+        load_inputs,
+        read_metadata,
+        run_onnx,
+    )
+
+_MODULE_OF = {
+    "EnsembleGraph": "graph",
+    "ExportResult": "graph",
+    "export_onnx": "graph",
+    "ParityError": "parity",
+    "check_parity": "parity",
+    "OUTPUTS": "runtime",
+    "OnnxDetector": "runtime",
+    "OnnxFileError": "runtime",
+    "graph_sha256": "runtime",
+    "load_inputs": "runtime",
+    "read_metadata": "runtime",
+    "run_onnx": "runtime",
+}
+
+__all__ = [
+    "OUTPUTS",
+    "EnsembleGraph",
+    "ExportResult",
+    "OnnxDetector",
+    "OnnxFileError",
+    "ParityError",
+    "check_parity",
+    "export_onnx",
+    "graph_sha256",
+    "load_inputs",
+    "read_metadata",
+    "run_onnx",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

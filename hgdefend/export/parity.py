@@ -1,0 +1,91 @@
+"""Parity: does onnxruntime reproduce the torch ensemble an ONNX file was exported from?"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..detectors.scores import compute_scores
+from ..ensemble import SampledEnsemble
+from ..errors import HgdefendError
+from ..probabilities import mean_probs
+from ..vocab import SCORES
+from .runtime import OnnxDetector
+
+
+class ParityError(HgdefendError):
+    """onnxruntime did not reproduce the torch ensemble; no file was left behind."""
+
+
+def check_parity(
+    path: str | os.PathLike,
+    ensemble: SampledEnsemble,
+    score: str,
+    threshold: float | None,
+    *,
+    real_inputs: Tensor | None = None,
+    batch: int = 7,
+    tolerance: float = 1e-4,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Compare onnxruntime (CPU provider) with the torch ensemble; raise :class:`ParityError` on failure.
+
+    Cases: random inputs in the input range and real inputs, each at batch 1 and ``batch``.
+    Passing needs max |Δ probability| <= ``tolerance`` and identical argmax and flags, except where
+    the torch value sits on the decision boundary within the measured numeric difference (a tie:
+    reported in ``boundary_ties``, e.g. the calibration input whose score *is* the threshold).
+    """
+    det = OnnxDetector(path, device="cpu")
+    lo, hi = ensemble.value_range
+    gen = torch.Generator().manual_seed(seed)
+    shape = ensemble.target.input_shape
+    cases: list[tuple[str, Tensor]] = []
+    rand = torch.rand(batch, *shape, generator=gen) * (hi - lo) + lo
+    cases += [("random", rand[:1]), ("random", rand)]
+    if real_inputs is not None and len(real_inputs):
+        cases += [("real", real_inputs[:1]), ("real", real_inputs[:batch])]
+    rows, failures = [], []
+    for kind, x in cases:
+        got = det.run(x.numpy())
+        with torch.no_grad():
+            logits = ensemble.member_logits(x)
+        probs = mean_probs(logits).numpy()
+        scores = {k: v.numpy() for k, v in compute_scores(logits).items()}
+        dprob = float(np.abs(got["probabilities"].astype(np.float64) - probs).max())
+        dlogit = float(np.abs(got["member_logits"].astype(np.float64) - logits.numpy()).max())
+        dscore = max(float(np.abs(got[f"score_{s}"].astype(np.float64) - scores[s]).max()) for s in SCORES)
+        pred = probs.argmax(-1)
+        top2 = np.sort(probs, -1)[:, -2:] if probs.shape[1] > 1 else np.zeros((len(probs), 2))
+        arg_bad = got["predicted_class"] != pred
+        arg_tie = arg_bad & (top2[:, 1] - top2[:, 0] <= 2 * dprob + 1e-7)
+        flag_bad = np.zeros(len(x), bool)
+        flag_tie = np.zeros(len(x), bool)
+        if threshold is not None:
+            s = scores[score]
+            flags = s > np.float32(threshold)
+            flag_bad = got["is_adversarial"] != flags
+            ds = np.abs(got[f"score_{score}"].astype(np.float64) - s)
+            flag_tie = flag_bad & (np.abs(s.astype(np.float64) - threshold) <= ds + 1e-7)
+        row = {
+            "inputs": kind,
+            "batch": int(len(x)),
+            "max_abs_prob_diff": dprob,
+            "max_abs_logit_diff": dlogit,
+            "max_abs_score_diff": dscore,
+            "argmax_mismatches": int(arg_bad.sum()),
+            "flag_mismatches": int(flag_bad.sum()),
+            "boundary_ties": int(arg_tie.sum() + flag_tie.sum()),
+        }
+        rows.append(row)
+        if dprob > tolerance or (arg_bad & ~arg_tie).any() or (flag_bad & ~flag_tie).any():
+            failures.append(row)
+    if failures:
+        raise ParityError(
+            f"parity: onnxruntime disagrees with the torch ensemble (tolerance {tolerance:g} on "
+            f"probabilities, identical argmax and flags); no file was written: {failures}"
+        )
+    return rows
