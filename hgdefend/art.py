@@ -80,16 +80,12 @@ class MemberLogits(nn.Module):
     def bank(self) -> Params:
         return {name: getattr(self, f"bank_{i}") for i, name in enumerate(self._names)}
 
-    @torch.no_grad()
     def resample(self, seed: int | None, members: int | None = None) -> None:
         """Draw a new frozen bank (and restart the fresh-mode stream) from ``seed``."""
         if self.hypergan is None:
             raise HgdefendError("resample: this model holds a fixed bank without a HyperGAN to sample from")
         k = self.members if members is None else check_k(members, "members")
-        was_training = self.hypergan.training
-        self.hypergan.eval()
-        bank = self.hypergan.sample(k, seed=seed)
-        self.hypergan.train(was_training)
+        bank = self.hypergan.sample_frozen(k, seed=seed)
         device = self.bank_0.device
         self._set_bank({n: t.to(device) for n, t in bank.items()})
         self.members, self.seed = k, seed
@@ -118,8 +114,7 @@ class MemberLogits(nn.Module):
         if x.dtype != torch.float32:
             x = x.float()
         if self.mode == "fresh":
-            with torch.no_grad():
-                params = self.hypergan.sample(self.members, self._fresh)
+            params = self.hypergan.sample_frozen(self.members, self._fresh)
         else:
             params = self.bank
         ens = SampledEnsemble(self.target, params, seed=self.seed, value_range=None)
@@ -234,11 +229,7 @@ class HyperGANClassifier(PyTorchClassifier):
                     f"model: ART classifiers need a classification target, got {model.target.task}"
                 )
             k = check_k(DEFAULT_MEMBERS if members is None else members, "members")
-            was_training = model.training
-            model.eval()
-            with torch.no_grad():
-                bank = model.sample(k, seed=seed)
-            model.train(was_training)
+            bank = model.sample_frozen(k, seed=seed)
             module = EnsembleLogits(MemberLogits(model.target, bank, model, seed=seed,
                                                  mode=check_sample_mode(sample_mode or "fixed")))  # fmt: skip
         elif isinstance(model, EnsembleLogits):
@@ -420,8 +411,10 @@ class HyperGANClassifier(PyTorchClassifier):
     def get_activations(
         self, x: Any, layer: int | str | None = None, batch_size: int = 128, framework: bool = False
     ) -> Any:
-        """Outputs of a named layer: ``"member_logits"`` ``[B, K, C]`` or ``"logits"`` ``[B, C]``
-        (an index into :attr:`layer_names` works too)."""
+        """Outputs of a named layer, always 2-D ``[B, features]`` as ART's activation-based detectors
+        (``SubsetScanningDetector``, ``BinaryActivationDetector``) need: ``"member_logits"`` flattened
+        to ``[B, K * C]`` (member ``k``'s logits are columns ``k*C : (k+1)*C``; ``.reshape(B, K, C)``
+        recovers them) or ``"logits"`` ``[B, C]`` (an index into :attr:`layer_names` works too)."""
         names = self.layer_names
         if (
             isinstance(layer, (int, np.integer))
@@ -431,7 +424,8 @@ class HyperGANClassifier(PyTorchClassifier):
             layer = names[int(layer)]
         if layer not in names:
             raise HgdefendError(f"layer: expected one of {names} (or their index), got {layer!r}")
-        return super().get_activations(self._check_x(x), layer, batch_size=batch_size, framework=framework)
+        out = super().get_activations(self._check_x(x), layer, batch_size=batch_size, framework=framework)
+        return out.reshape(out.shape[0], -1) if layer == "member_logits" else out
 
     def fit(
         self,
@@ -603,11 +597,11 @@ class EntropyEvasionDetector(EvasionDetector):
         """Per-input scores (higher = more suspicious)."""
         self._check_fitted()
         self.detector_.batch_size = int(batch_size)
-        return self.detector_.score(self._prepare(x, "x"))
+        return self.detector_.scores(self._prepare(x, "x"))
 
     def detect(self, x: np.ndarray, batch_size: int = 128, **kwargs: Any) -> tuple[dict, np.ndarray]:
         s = self.scores(x, batch_size)
-        flagged = s > self.detector_.threshold_
+        flagged = s > self.detector_.threshold_  # ScoreDetector.flag's rule, without a second forward
         report = {"scores": s, "threshold": self.detector_.threshold_, "score": self.score,
                   "target_fpr": self.target_fpr, "flagged_fraction": float(flagged.mean()),
                   "detector": self.detector_.describe()}  # fmt: skip

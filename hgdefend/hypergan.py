@@ -115,20 +115,32 @@ class HyperGAN(nn.Module):
         return out
 
     def sample(self, k: int, generator: torch.Generator | None = None, *, seed: int | None = None) -> Params:
-        """K weight sets (differentiable; wrap in ``torch.no_grad()`` to freeze)."""
+        """K weight sets (differentiable, for training; :meth:`sample_frozen` for everything else)."""
         if generator is None and seed is not None:
             generator = make_generator(seed)
         return self.weights(self.codes(self.sample_noise(k, generator)))
 
-    @torch.no_grad()
+    def sample_frozen(
+        self, k: int, generator: torch.Generator | None = None, *, seed: int | None = None
+    ) -> Params:
+        """K weight sets as plain detached tensors: sampled in eval mode without autograd (attacks,
+        detectors and banks differentiate through the networks, never through the HyperGAN), then the
+        train/eval mode is restored. Same noise draws as :meth:`sample`, so the same seed or generator
+        state gives the same weights. The tensors may share storage (views of one generator output)."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                params = self.sample(k, generator, seed=seed)
+        finally:
+            self.train(was_training)
+        return {n: t.detach() for n, t in params.items()}
+
     def ensemble(self, k: int, seed: int | None = 0) -> SampledEnsemble:
         """A frozen ensemble of K sampled networks: the unit attacks, detectors, ART and ONNX use."""
         from .ensemble import SampledEnsemble
 
-        was_training = self.training
-        self.eval()
-        params = {n: t.detach().clone() for n, t in self.sample(k, seed=seed).items()}
-        self.train(was_training)
+        params = {n: t.clone() for n, t in self.sample_frozen(k, seed=seed).items()}
         return SampledEnsemble(self.target, params, seed=seed, kind="hypergan")
 
     # ------------------------------------------------------------------ regularisers

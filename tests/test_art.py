@@ -110,10 +110,31 @@ def test_get_activations_on_named_layers(clf, xy):
     x, _ = xy
     assert clf.layer_names == ["member_logits", "logits"]
     members = clf.get_activations(x, "member_logits", batch_size=16)
-    assert members.shape == (N, clf.members, 10)
+    assert members.shape == (N, clf.members * 10)  # flattened [B, K * C]: ART's detectors need 2-D
+    ref = clf.ensemble().member_logits(torch.from_numpy(x)).transpose(0, 1).numpy()
+    np.testing.assert_allclose(members.reshape(N, clf.members, 10), ref, rtol=1e-5, atol=1e-6)
+    framework = clf.get_activations(x[:4], 0, framework=True)
+    assert isinstance(framework, torch.Tensor) and tuple(framework.shape) == (4, clf.members * 10)
     np.testing.assert_allclose(clf.get_activations(x, 1), clf.predict(x), rtol=1e-5, atol=1e-6)
+    for layer in clf.layer_names:  # every listed layer gives what activation-based detectors accept
+        assert clf.get_activations(x[:3], layer).ndim == 2, layer
     with pytest.raises(HgdefendError, match="layer: expected one of"):
         clf.get_activations(x, "conv1")
+
+
+def test_art_subset_scanning_detector_runs_on_member_logits(trained_digits, digits):
+    from art.defences.detector.evasion import SubsetScanningDetector
+
+    small = HyperGANClassifier(trained_digits, clip_values=(0.0, 1.0), device_type="cpu", members=3, seed=0)
+    background = digits.calib.x[:30].numpy()
+    det = SubsetScanningDetector(small, background, layer="member_logits", verbose=False)
+    noise = np.random.default_rng(0).random((3, 1, 8, 8)).astype(np.float32)
+    x = np.concatenate([digits.test.x[:3].numpy(), noise])
+    report, is_adv = det.detect(x)
+    assert report["scores"].shape == (6,) and np.all(np.isfinite(report["scores"]))
+    assert is_adv.shape == (6,) and is_adv.dtype == bool
+    clean_scores, adv_scores, power = det.scan(x[:3], noise)
+    assert clean_scores.shape == (3,) and adv_scores.shape == (3,) and 0 <= power <= 1
 
 
 def test_clone_for_refitting_and_fit_use_hypergan_training(digits, clf):

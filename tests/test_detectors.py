@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from hgdefend.cli.main import cli
@@ -51,13 +53,15 @@ def test_entropy_detector_on_trained_digits_meets_target_on_held_out(trained_dig
     det = EntropyDetector(ens, target_fpr=0.1).fit(digits.calib.x)
     assert det.ensemble_seed_ == 3 and det.n_calibration_ == len(digits.calib)
     assert det.calibration_fpr_ <= 0.1
-    flags = det.predict(digits.test.x)
+    flags = det.flag(digits.test.x)
     assert flags.dtype == bool and flags.shape == (len(digits.test),)
     n = len(digits.test)
     assert abs(flags.mean() - 0.1) < 4 * math.sqrt(0.1 * 0.9 * (1 / n + 1 / len(digits.calib))) + 0.01
-    # score() is the entropy of the mean member prediction from the one batched forward
+    # scores() is the entropy of the mean member prediction from the one batched forward
     ref = compute_scores(ens.member_logits(digits.test.x[:7]), ["entropy"])["entropy"].numpy()
-    np.testing.assert_allclose(det.score(digits.test.x[:7]), ref, rtol=1e-6)
+    s = det.scores(digits.test.x[:7])
+    assert s.dtype == np.float64
+    np.testing.assert_allclose(s, ref, rtol=1e-6)
 
 
 def test_fresh_scoring_ensemble_is_used_and_recorded(trained_digits, digits):
@@ -65,12 +69,12 @@ def test_fresh_scoring_ensemble_is_used_and_recorded(trained_digits, digits):
     fresh = trained_digits.ensemble(8, seed=1)
     det = ScoreDetector(ens, "mutual_information", scoring_ensemble=fresh).fit(digits.calib.x)
     assert det.ensemble_seed_ == 0 and det.scoring_seed_ == 1
-    a = det.score(digits.test.x[:16])
-    b = ScoreDetector(ens, "mutual_information").score(digits.test.x[:16])
+    a = det.scores(digits.test.x[:16])
+    b = ScoreDetector(ens, "mutual_information").scores(digits.test.x[:16])
+    ref = compute_scores(fresh.member_logits(digits.test.x[:16]), ["mutual_information"])
+    np.testing.assert_array_equal(a, ref["mutual_information"].numpy())  # scored by the fresh networks
     assert not np.allclose(a, b)
     assert det.describe()["scoring_ensemble"]["seed"] == 1
-    other = det.with_fresh_ensemble(None, 5, trained_digits)
-    assert other.active_ensemble.seed == 5 and other.active_ensemble.k == 8
 
 
 def test_min_calibration_size_is_exact():
@@ -87,9 +91,14 @@ def test_bad_inputs_give_clear_errors(trained_digits, digits):
     ens = trained_digits.ensemble(4, seed=0)
     with pytest.raises(HgdefendError, match="x_calib: 10 calibration samples.*need at least 19"):
         EntropyDetector(ens, target_fpr=0.05).fit(digits.calib.x[:10])
-    for bad in (0.0, 1.0, -0.1, 1.5, float("nan")):
-        with pytest.raises(HgdefendError, match="target_fpr"):
-            EntropyDetector(ens, target_fpr=bad)
+    for bad in (0.0, 1.0, -0.1, 1.5, float("nan"), "high", None):
+        det = EntropyDetector(ens, target_fpr=bad)  # scikit-learn's rule: checked by fit, not __init__
+        with pytest.raises(HgdefendError, match="^target_fpr: expected a value in"):
+            det.fit(digits.calib.x)
+        with pytest.raises(HgdefendError, match="^target_fpr: expected a value in"):
+            det.fit_scores(np.linspace(0, 1, 100))
+        if bad in ("high", None):
+            continue
         with pytest.raises(HgdefendError, match="target_fpr"):
             conformal_threshold(np.ones(100), bad)
     with pytest.raises(HgdefendError, match="NaN"):
@@ -102,10 +111,19 @@ def test_bad_inputs_give_clear_errors(trained_digits, digits):
         detection_metrics(np.ones((3, 2)), [0.2, 0.3], 0.15, target_fpr=0.05)
     with pytest.raises(HgdefendError, match="x: expected shape"):
         EntropyDetector(ens).fit(torch.rand(50, 1, 28, 28))
-    with pytest.raises(HgdefendError, match="call fit"):
+    with pytest.raises(NotFittedError, match="call fit"):
         EntropyDetector(ens).predict(digits.test.x[:3])
-    with pytest.raises(ValueError, match="score: expected one of"):
-        ScoreDetector(ens, "confidence")
+    bad_score = ScoreDetector(ens, "confidence")  # no error yet
+    for call in (lambda: bad_score.fit(digits.calib.x), lambda: bad_score.scores(digits.test.x[:3])):
+        with pytest.raises(HgdefendError, match="^score: expected one of"):
+            call()
+    for bad in (0, -4, 2.5, True, "64"):
+        with pytest.raises(HgdefendError, match="^batch_size: expected an integer >= 1"):
+            ScoreDetector(ens, batch_size=bad).fit(digits.calib.x)
+    with pytest.raises(HgdefendError, match="^ensemble: expected a hgdefend SampledEnsemble"):
+        ScoreDetector(trained_digits).fit(digits.calib.x)
+    with pytest.raises(HgdefendError, match="^scoring_ensemble: expected a hgdefend SampledEnsemble"):
+        ScoreDetector(ens, scoring_ensemble=trained_digits).fit(digits.calib.x)
 
 
 def test_nan_member_weights_raise_instead_of_passing_unflagged(trained_digits, digits):
@@ -113,7 +131,79 @@ def test_nan_member_weights_raise_instead_of_passing_unflagged(trained_digits, d
     name = next(iter(ens.params))
     ens.params[name] = torch.full_like(ens.params[name], float("nan"))
     with pytest.raises(HgdefendError, match="NaN or infinite entropy scores"):
-        EntropyDetector(ens).score(digits.test.x[:4])
+        EntropyDetector(ens).scores(digits.test.x[:4])
+
+
+# --------------------------------------------------------------------------- scikit-learn's estimator rules
+def test_get_params_returns_constructor_arguments_unchanged(trained_digits):
+    ens, fresh = trained_digits.ensemble(3, seed=0), trained_digits.ensemble(3, seed=1)
+    fpr, batch = np.float64(0.1), np.int64(64)  # a constructor that converted them would change the type
+    det = ScoreDetector(ens, "max_prob", fpr, scoring_ensemble=fresh, batch_size=batch)
+    params = det.get_params()
+    assert set(params) == {"ensemble", "score", "target_fpr", "scoring_ensemble", "batch_size"}
+    for name, given in [("ensemble", ens), ("score", "max_prob"), ("target_fpr", fpr),
+                        ("scoring_ensemble", fresh), ("batch_size", batch)]:  # fmt: skip
+        assert params[name] is given, name
+    ent = EntropyDetector(ens, 0.2, batch_size=32)
+    want = {"ensemble": ens, "target_fpr": 0.2, "scoring_ensemble": None, "batch_size": 32}
+    assert ent.get_params() == want
+    assert ent.score == "entropy"
+    assert ent.set_params(target_fpr=0.3) is ent and ent.target_fpr == 0.3
+    with pytest.raises(ValueError, match="score"):
+        ent.set_params(score="variance")  # fixed for EntropyDetector
+    # the constructor checks nothing: bad values are stored as given and rejected by fit
+    bad = ScoreDetector(ens, "confidence", 1.5, batch_size=0)
+    assert bad.get_params()["score"] == "confidence" and bad.get_params()["target_fpr"] == 1.5
+
+
+def test_clone_gives_an_unfitted_detector_with_equal_params(trained_digits, digits):
+    ens = trained_digits.ensemble(4, seed=2)
+    for det in (ScoreDetector(ens, "variance", 0.1, batch_size=128), EntropyDetector(ens, 0.1)):
+        det.fit(digits.calib.x)
+        twin = clone(det)
+        assert type(twin) is type(det) and twin.score == det.score
+        assert not hasattr(twin, "threshold_") and not hasattr(twin, "offset_")
+        with pytest.raises(NotFittedError):
+            twin.predict(digits.test.x[:3])
+        p, q = det.get_params(), twin.get_params()
+        assert p.keys() == q.keys()
+        for name in p.keys() - {"ensemble"}:
+            assert q[name] == p[name], name
+        assert q["ensemble"].seed == 2 and q["ensemble"].params.keys() == ens.params.keys()
+        for name, t in ens.params.items():
+            assert torch.equal(q["ensemble"].params[name], t)
+        assert twin.fit(digits.calib.x).threshold_ == det.threshold_
+
+
+def test_sklearn_sign_conventions_agree_with_flag(trained_digits, digits):
+    ens = trained_digits.ensemble(6, seed=0)
+    det = EntropyDetector(ens, target_fpr=0.1).fit(digits.calib.x)
+    noise = torch.rand(40, *digits.test.x.shape[1:], generator=torch.Generator().manual_seed(0))
+    x = torch.cat([digits.test.x[:80], noise])
+    flags, s = det.flag(x), det.scores(x)
+    assert flags.any() and not flags.all()  # both kinds present, so the checks below can fail
+    pred = det.predict(x)
+    assert np.issubdtype(pred.dtype, np.integer) and set(np.unique(pred)) == {-1, 1}
+    np.testing.assert_array_equal(pred == -1, flags)
+    np.testing.assert_array_equal(det.score_samples(x), -s)  # lower = more abnormal
+    assert det.offset_ == -det.threshold_
+    dec = det.decision_function(x)
+    np.testing.assert_array_equal(dec, det.score_samples(x) - det.offset_)
+    np.testing.assert_array_equal(dec < 0, flags)
+    np.testing.assert_array_equal(det.fit_predict(digits.calib.x), np.where(det.flag(digits.calib.x), -1, 1))
+
+
+def test_unfitted_detector_raises_not_fitted_error(trained_digits, digits):
+    det = ScoreDetector(trained_digits.ensemble(3, seed=0), "entropy", 0.1)
+    x = digits.test.x[:5]
+    for method in (det.predict, det.flag, det.decision_function, det.score_samples):
+        with pytest.raises(NotFittedError, match="call fit") as err:
+            method(x)
+        assert isinstance(err.value, ValueError)
+    assert det.scores(x).shape == (5,)  # raw scores need no threshold
+    det.fit_scores(np.linspace(0, 1, 50))
+    assert det.threshold_ == pytest.approx(np.linspace(0, 1, 50)[math.ceil(51 * 0.9) - 1])
+    assert det.n_calibration_ == 50 and det.predict(x).shape == (5,)
 
 
 # --------------------------------------------------------------------------- metrics

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from hgdefend import HyperGAN, ModuleTarget
-from hgdefend.hypergan import mmd_rbf
+from hgdefend.hypergan import make_generator, mmd_rbf
 from hgdefend.targets import digits_small
 from tests.test_targets import SmallNet
 
@@ -32,6 +32,29 @@ def test_ensemble_is_frozen_and_seeded():
     assert ens.k == 5 and ens.seed == 7
     assert all(not t.requires_grad for t in ens.params.values())
     assert torch.equal(ens.params["3.weight"], hg.ensemble(5, seed=7).params["3.weight"])
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_sample_frozen_equals_sample_without_autograd_and_restores_mode(training):
+    hg = _hg()
+    hg.train(training)
+    g_frozen, g_ref = make_generator(5), make_generator(5)
+    frozen = hg.sample_frozen(3, g_frozen)
+    assert hg.training is training
+    with torch.no_grad():
+        ref = hg.sample(3, g_ref)
+    assert frozen.keys() == ref.keys()
+    for name, t in frozen.items():
+        assert torch.equal(t, ref[name])  # bitwise: the same noise, the same ops
+        assert not t.requires_grad and t.grad_fn is None  # grad mode is on here: sample() would track
+    # the same RNG consumption as sample(): both generators are at the same state afterwards
+    assert torch.equal(torch.randn(4, generator=g_frozen), torch.randn(4, generator=g_ref))
+    ens = hg.ensemble(3, seed=5)
+    for name, t in hg.sample_frozen(3, seed=5).items():
+        assert torch.equal(ens.params[name], t)
+    with pytest.raises(ValueError, match="ensemble size"):
+        hg.sample_frozen(0)
+    assert hg.training is training  # restored when sampling fails, too
 
 
 def test_mixer_pretraining_moves_codes_toward_prior():

@@ -43,13 +43,8 @@ class FreshSamples:
     def device(self) -> torch.device:
         return self.hypergan.device
 
-    @torch.no_grad()
     def _draw(self, k: int) -> dict[str, Tensor]:
-        was = self.hypergan.training
-        self.hypergan.eval()
-        params = {n: t.detach() for n, t in self.hypergan.sample(k, self._g).items()}
-        self.hypergan.train(was)
-        return params
+        return self.hypergan.sample_frozen(k, self._g)
 
     def params(self) -> dict[str, Tensor]:
         self.calls += 1

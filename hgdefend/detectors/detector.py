@@ -1,11 +1,14 @@
-"""Detectors, scikit-learn style: ``fit`` on clean calibration data sets a threshold at a target
-false-positive rate; ``score`` and ``predict`` then flag suspicious inputs."""
+"""Detectors that follow scikit-learn's outlier-detector rules: ``fit`` on clean calibration data sets
+a threshold at a target false-positive rate; ``predict`` then gives -1 (flagged) / +1, as
+``IsolationForest`` does. ``flag`` and ``scores`` are the same answers in hgdefend's own terms."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.exceptions import NotFittedError
 
 from ..ensemble import SampledEnsemble
 from ..validation import HgdefendError, check_fraction
@@ -46,12 +49,22 @@ def conformal_threshold(clean_scores: np.ndarray, target_fpr: float) -> float:
     return float(np.sort(scores)[rank - 1])
 
 
-class ScoreDetector:
-    """Flags inputs whose ensemble score exceeds a threshold calibrated on clean data.
+class ScoreDetector(OutlierMixin, BaseEstimator):
+    """Flags inputs whose ensemble score (higher = more suspicious) exceeds a threshold calibrated on
+    clean data.
 
-    The ensemble is fixed at construction (its seed is recorded in ``ensemble_seed_``). Pass
-    ``scoring_ensemble`` to score with a *fresh* sample of networks (the paper's protocol: the
-    attacker never saw the weights that judge the input).
+    A scikit-learn estimator: the constructor only stores its arguments (so ``get_params``,
+    ``set_params`` and ``sklearn.base.clone`` work) and ``fit`` checks them, raising
+    :class:`~hgdefend.HgdefendError` named after the bad argument. Pass ``scoring_ensemble`` to score
+    with a *fresh* sample of networks (the paper's protocol: the attacker never saw the weights that
+    judge the input); the threshold is then calibrated on that ensemble's scores.
+
+    Sign conventions: :meth:`scores` is hgdefend's suspicion score (higher = more suspicious);
+    :meth:`score_samples` is its negative and :meth:`decision_function` is ``threshold_ − scores``,
+    so that, as everywhere in scikit-learn, lower means more abnormal and ``decision_function < 0``
+    means flagged. :meth:`predict` returns -1 for flagged inputs, +1 for the rest; :meth:`flag` the
+    same as booleans (True = flagged). Using a detector before ``fit`` raises scikit-learn's
+    ``NotFittedError`` (a ``ValueError``).
     """
 
     def __init__(
@@ -64,60 +77,107 @@ class ScoreDetector:
         batch_size: int = 1024,
     ) -> None:
         self.ensemble = ensemble
-        self.score_name = check_score_name(score)
-        self.target_fpr = check_fraction(target_fpr, "target_fpr")
+        self.score = score
+        self.target_fpr = target_fpr
         self.scoring_ensemble = scoring_ensemble
-        self.batch_size = int(batch_size)
+        self.batch_size = batch_size
+
+    # ------------------------------------------------------------------ checks
+    def _check_scoring_params(self) -> None:
+        """What :meth:`scores` needs; checked at use, not in ``__init__`` (scikit-learn's rule)."""
+        check_score_name(self.score)
+        if not isinstance(self.ensemble, SampledEnsemble):
+            raise HgdefendError(
+                f"ensemble: expected a hgdefend SampledEnsemble (e.g. hypergan.ensemble(k)), "
+                f"got {type(self.ensemble).__name__}"
+            )
+        if self.scoring_ensemble is not None and not isinstance(self.scoring_ensemble, SampledEnsemble):
+            raise HgdefendError(
+                f"scoring_ensemble: expected a hgdefend SampledEnsemble or None, "
+                f"got {type(self.scoring_ensemble).__name__}"
+            )
+        b = self.batch_size
+        if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
+            raise HgdefendError(f"batch_size: expected an integer >= 1, got {b!r}")
+
+    def _check_params(self) -> None:
+        self._check_scoring_params()
+        try:
+            check_fraction(self.target_fpr, "target_fpr")
+        except (TypeError, ValueError) as e:  # float("high") fails before check_fraction can name it
+            if isinstance(e, HgdefendError):
+                raise
+            raise HgdefendError(f"target_fpr: expected a value in (0, 1), got {self.target_fpr!r}") from None
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "threshold_")
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "threshold_"):
+            raise NotFittedError(
+                f"detector: this {type(self).__name__} is not fitted; call fit(x_calib) on clean "
+                "calibration data (or fit_scores) first"
+            )
 
     @property
     def active_ensemble(self) -> SampledEnsemble:
+        """The ensemble that scores inputs: ``scoring_ensemble`` if given, else ``ensemble``."""
         return self.ensemble if self.scoring_ensemble is None else self.scoring_ensemble
 
-    def score(self, x: object) -> np.ndarray:
-        ens = self.active_ensemble
-        logits = ens.member_logits(x, batch_size=self.batch_size)
-        s = SCORE_FUNCTIONS[self.score_name](logits).cpu().numpy().astype(np.float64)
-        if not np.all(np.isfinite(s)):  # NaN > threshold is False: it would pass unflagged
-            raise HgdefendError(
-                f"scores: the ensemble gave NaN or infinite {self.score_name} scores for "
-                f"{int(np.sum(~np.isfinite(s)))} inputs; check the model weights"
-            )
-        return s
-
+    # ------------------------------------------------------------------ fitting
     def fit(self, x_calib: object, y: object = None) -> ScoreDetector:
-        """Set ``threshold_`` so that about ``target_fpr`` of clean inputs are flagged."""
-        return self.fit_scores(self.score(x_calib))
+        """Set ``threshold_`` to the split-conformal quantile of clean calibration scores, so a fresh
+        clean input is flagged with probability <= ``target_fpr`` (``y`` is ignored)."""
+        self._check_params()
+        return self.fit_scores(self.scores(x_calib))
 
     def fit_scores(self, calib_scores: object) -> ScoreDetector:
         """``fit`` from scores already computed with ``active_ensemble`` on clean calibration data
         (lets a report fit one detector per score from a single batched forward pass)."""
+        self._check_params()
         s = np.asarray(calib_scores, dtype=np.float64)
-        self.threshold_ = conformal_threshold(s, self.target_fpr)
+        self.threshold_ = conformal_threshold(s, float(self.target_fpr))
+        self.offset_ = -self.threshold_
         self.calibration_fpr_ = float(np.mean(s > self.threshold_))
         self.n_calibration_ = int(s.size)
         self.ensemble_seed_ = self.ensemble.seed
         self.scoring_seed_ = self.active_ensemble.seed
         return self
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "threshold_"):
-            raise HgdefendError("detector: call fit(x_calib) before predict()")
+    # ------------------------------------------------------------------ hgdefend's terms
+    def scores(self, x: object) -> np.ndarray:
+        """Suspicion scores ``[B]`` float64, higher = more suspicious (needs no ``fit``)."""
+        self._check_scoring_params()
+        logits = self.active_ensemble.member_logits(x, batch_size=int(self.batch_size))
+        s = SCORE_FUNCTIONS[self.score](logits).cpu().numpy().astype(np.float64)
+        if not np.all(np.isfinite(s)):  # NaN > threshold is False: it would pass unflagged
+            raise HgdefendError(
+                f"scores: the ensemble gave NaN or infinite {self.score} scores for "
+                f"{int(np.sum(~np.isfinite(s)))} inputs; check the model weights"
+            )
+        return s
+
+    def flag(self, x: object) -> np.ndarray:
+        """Boolean ``[B]``: True where the input is flagged (adversarial or out-of-distribution)."""
+        self._check_fitted()
+        return self.scores(x) > self.threshold_
+
+    # ------------------------------------------------------------------ scikit-learn's terms
+    def score_samples(self, x: object) -> np.ndarray:
+        """``-scores(x)``: scikit-learn's orientation, lower = more abnormal."""
+        self._check_fitted()
+        return -self.scores(x)
+
+    def decision_function(self, x: object) -> np.ndarray:
+        """``score_samples(x) - offset_`` = ``threshold_ - scores(x)``: negative exactly where flagged."""
+        return self.score_samples(x) - self.offset_
 
     def predict(self, x: object) -> np.ndarray:
-        """True where the input is flagged (adversarial or out-of-distribution)."""
-        self._check_fitted()
-        return self.score(x) > self.threshold_
-
-    def with_fresh_ensemble(self, k: int | None, seed: int, hypergan) -> ScoreDetector:
-        """A copy that scores with a new sample of ``k`` networks from ``hypergan`` (threshold kept
-        only if you refit; call ``fit`` again on clean data for a calibrated threshold)."""
-        fresh = hypergan.ensemble(k or self.ensemble.k, seed=seed).to(self.ensemble.device)
-        det = ScoreDetector(self.ensemble, self.score_name, self.target_fpr,
-                            scoring_ensemble=fresh, batch_size=self.batch_size)  # fmt: skip
-        return det
+        """-1 for flagged inputs, +1 for the rest (int), as scikit-learn's outlier detectors."""
+        return np.where(self.flag(x), -1, 1)
 
     def describe(self) -> dict:
-        out = {"score": self.score_name, "target_fpr": self.target_fpr,
+        out = {"score": self.score, "target_fpr": self.target_fpr,
                "ensemble": self.ensemble.describe()}  # fmt: skip
         if self.scoring_ensemble is not None:
             out["scoring_ensemble"] = self.scoring_ensemble.describe()
@@ -128,7 +188,19 @@ class ScoreDetector:
 
 
 class EntropyDetector(ScoreDetector):
-    """The paper's detector: predictive entropy of the mean member prediction."""
+    """The paper's detector: predictive entropy of the mean member prediction (``score`` is fixed)."""
 
-    def __init__(self, ensemble: SampledEnsemble, target_fpr: float = 0.05, **kw) -> None:
-        super().__init__(ensemble, "entropy", target_fpr, **kw)
+    score = "entropy"
+
+    def __init__(
+        self,
+        ensemble: SampledEnsemble,
+        target_fpr: float = 0.05,
+        *,
+        scoring_ensemble: SampledEnsemble | None = None,
+        batch_size: int = 1024,
+    ) -> None:
+        self.ensemble = ensemble
+        self.target_fpr = target_fpr
+        self.scoring_ensemble = scoring_ensemble
+        self.batch_size = batch_size

@@ -6,11 +6,11 @@ functions are plain torch ops (differentiable, exportable to ONNX, usable inside
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
+from ..errors import HgdefendError
+from ..probabilities import log_mean_probs, mean_probs
 from ..vocab import SCORES
 
 
@@ -22,7 +22,7 @@ def _check(member_logits: Tensor) -> None:
 def predictive_entropy(member_logits: Tensor) -> Tensor:
     """H[mean_k p_k] — the paper's score: high when members disagree or are all unsure."""
     _check(member_logits)
-    log_mean = torch.logsumexp(torch.log_softmax(member_logits, -1), 0) - math.log(member_logits.shape[0])
+    log_mean = log_mean_probs(member_logits)
     return -(log_mean.exp() * log_mean).sum(-1)
 
 
@@ -41,7 +41,7 @@ def mutual_information(member_logits: Tensor) -> Tensor:
 def max_prob_score(member_logits: Tensor) -> Tensor:
     """1 − max_c mean_k p_k(c): the classic confidence baseline, oriented so higher = suspicious."""
     _check(member_logits)
-    return 1.0 - torch.softmax(member_logits, -1).mean(0).max(-1).values
+    return 1.0 - mean_probs(member_logits).max(-1).values
 
 
 def member_variance(member_logits: Tensor) -> Tensor:
@@ -59,8 +59,8 @@ SCORE_FUNCTIONS = {
 
 
 def check_score_name(name: str) -> str:
-    if name not in SCORE_FUNCTIONS:
-        raise ValueError(f"score: expected one of {SCORES}, got {name!r}")
+    if not isinstance(name, str) or name not in SCORE_FUNCTIONS:
+        raise HgdefendError(f"score: expected one of {SCORES}, got {name!r}")
     return name
 
 
