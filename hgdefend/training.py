@@ -2,6 +2,12 @@
 
 Every step draws its randomness (noise, minibatch, prior samples) from a generator seeded by
 ``(seed, step)``, so a run resumed from a checkpoint continues exactly as an uninterrupted one.
+
+Learning-rate schedule: ``cosine`` anneals to 0 over ``steps`` (torch's ``CosineAnnealingLR``).
+With ``time_budget_s`` it anneals over whichever runs out first: its progress is
+``max(step / steps, elapsed / time_budget_s)``, so a run that the budget stops early still ends
+at a learning rate near 0. ``elapsed`` counts training time recorded in the checkpoint, so a
+resumed run continues the same schedule and the budget covers the whole training.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from .data import Split
 from .ensemble import SampledEnsemble
 from .hypergan import HyperGAN, make_generator
 from .io import load_checkpoint, save_checkpoint
+from .probabilities import predict
 from .targets import Params, Target, mc_dropout_variant, parse_strategy
 from .validation import HgdefendError
 
@@ -44,7 +51,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: only at the end
     eval_members: int = 10
     checkpoint_every: int = 0
-    time_budget_s: float | None = None
+    time_budget_s: float | None = None  # stop after this much training time; the schedule follows it
     seed: int = 0
     strategy: str = "auto"  # member-evaluation strategy (hgdefend.targets.parse_strategy)
 
@@ -58,6 +65,9 @@ class TrainConfig:
                 raise HgdefendError(f"{name}: expected a positive learning rate, got {v}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise HgdefendError(f"lr_schedule: expected 'cosine' or 'constant', got {self.lr_schedule!r}")
+        budget = self.time_budget_s
+        if budget is not None and not (math.isfinite(budget) and budget >= 0):
+            raise HgdefendError(f"time_budget_s: expected a number of seconds >= 0, got {budget!r}")
         self.betas = tuple(self.betas)
         if self.strategy != "auto":
             parse_strategy(self.strategy)  # fail at construction, naming the field
@@ -103,55 +113,103 @@ def quick_eval(ens: SampledEnsemble, split: Split, task: str) -> dict[str, float
         return {"ensemble_mse": float(F.mse_loss(pred.mean(0), y)),
                 "member_mse": float(((pred - y) ** 2).mean())}  # fmt: skip
     member_acc = (logits.argmax(-1) == y).float().mean(1)
-    ens_acc = (torch.softmax(logits, -1).mean(0).argmax(-1) == y).float().mean()
+    ens_acc = (predict(logits) == y).float().mean()
     return {"member_acc_mean": float(member_acc.mean()), "member_acc_min": float(member_acc.min()),
             "ensemble_acc": float(ens_acc)}  # fmt: skip
 
 
-class _Loop:
-    """Shared skeleton: schedule, progress bar, periodic eval, checkpoints, time budget."""
+def _clock() -> float:
+    """The training clock (tests replace it to make time-budget runs deterministic)."""
+    return time.perf_counter()
 
-    def __init__(self, cfg: TrainConfig, progress: bool, desc: str) -> None:
+
+def _cosine(progress: float) -> float:
+    """Cosine-annealing factor: 1 at progress 0, 0 at progress >= 1."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+def _set_lr(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+
+
+class _Loop:
+    """Shared skeleton: schedule, progress bar, periodic eval, checkpoints, time budget.
+
+    ``optimizers``: the optimizers whose learning rate follows the time budget (see the module
+    docstring); ``elapsed_before``: training seconds already spent (from a checkpoint).
+    """
+
+    def __init__(self, cfg: TrainConfig, progress: bool, desc: str,
+                 optimizers: list[torch.optim.Optimizer] | None = None,
+                 elapsed_before: float = 0.0) -> None:  # fmt: skip
         self.cfg, self.progress, self.desc = cfg, progress, desc
+        self.optimizers = list(optimizers or [])
+        self.elapsed_before = float(elapsed_before)
 
     def run(
         self,
         start: int,
         step_fn: Callable[[int, torch.Generator], dict[str, float]],
         eval_fn: Callable[[], dict[str, float]] | None,
-        checkpoint_fn: Callable[[int, list], None] | None,
+        checkpoint_fn: Callable[[int, list, float], None] | None,
         history: list[dict[str, float]],
     ) -> tuple[int, float]:
+        """Run steps ``start..steps`` (or until the budget); return (last step, seconds of this call)."""
         cfg = self.cfg
-        t0 = time.perf_counter()
+        budget = cfg.time_budget_s
+        anneal_by_time = budget is not None and cfg.lr_schedule == "cosine"
+        t0 = _clock()
+
+        def elapsed() -> float:
+            return self.elapsed_before + _clock() - t0
+
         step = start
-        bar = tqdm(total=cfg.steps, initial=start, desc=self.desc, disable=not self.progress,
+        # disable=None: silent when stderr is not a terminal (logs, CI), as with progress=False
+        bar = tqdm(total=cfg.steps, initial=start, desc=self.desc, disable=None if self.progress else True,
                    leave=False, dynamic_ncols=True)  # fmt: skip
         try:
             while step < cfg.steps:
+                if anneal_by_time:
+                    time_progress = elapsed() / budget if budget > 0 else 1.0
+                    _set_lr(self.optimizers, _cosine(max(step / cfg.steps, time_progress)))
                 g = make_generator(cfg.seed * 1_000_003 + step)
                 logs = step_fn(step, g)
                 step += 1
+                now = elapsed()
+                if budget is not None:  # the bar's total (and so its ETA) follows the budget
+                    bar.total = _expected_steps(
+                        step, start, now - self.elapsed_before, budget - now, cfg.steps
+                    )
                 bar.update(1)
                 if step % 10 == 0:
                     bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()})
-                out_of_time = (cfg.time_budget_s is not None
-                               and time.perf_counter() - t0 >= cfg.time_budget_s)  # fmt: skip
+                out_of_time = budget is not None and now >= budget
                 last = step >= cfg.steps or out_of_time
                 if eval_fn and (last or (cfg.eval_every and step % cfg.eval_every == 0)):
-                    history.append({"step": step, "seconds": time.perf_counter() - t0,
-                                    **logs, **eval_fn()})  # fmt: skip
+                    history.append({"step": step, "seconds": now, **logs, **eval_fn()})
                 if checkpoint_fn and (last or (cfg.checkpoint_every
                                                and step % cfg.checkpoint_every == 0)):  # fmt: skip
-                    checkpoint_fn(step, history)
+                    checkpoint_fn(step, history, now)
                 if out_of_time:
                     break
         finally:
             bar.close()
-        return step, time.perf_counter() - t0
+        return step, _clock() - t0
+
+
+def _expected_steps(step: int, start: int, seconds: float, left: float, steps: int) -> int:
+    """Where a budget-limited run will stop, at the rate of this call so far."""
+    if left <= 0:
+        return step
+    if seconds <= 0:
+        return steps
+    return min(steps, step + math.ceil(left * (step - start) / seconds))
 
 
 def _schedule(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The step-count schedule (with a time budget, :class:`_Loop` sets the cosine's learning rate)."""
     if cfg.lr_schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=0.0)
@@ -235,7 +293,7 @@ class Trainer:
 
     def fit(self, *, resume: bool = False) -> TrainResult:
         """Train for ``config.steps`` (or until the time budget); resume from the checkpoint."""
-        start, history, pre = 0, [], {}
+        start, history, pre, seconds = 0, [], {}, 0.0
         if resume:
             if self.checkpoint is None or not self.checkpoint.is_file():
                 raise HgdefendError(f"resume: no checkpoint at {self.checkpoint}")
@@ -246,28 +304,38 @@ class Trainer:
                     "(steps, learning rates, batch sizes and seed must match)"
                 )
             start, history, pre = state["step"], state["history"], state["mixer_pretrain"]
+            seconds = float(state.get("seconds", 0.0))
+            budget_before = state.get("config", {}).get("time_budget_s")
+            if (
+                budget_before is not None
+                and self.cfg.time_budget_s is None
+                and self.cfg.lr_schedule == "cosine"
+            ):
+                # the checkpoint's learning rate followed its time budget; go back to the step cosine
+                _set_lr(list(self.optimizers.values()), _cosine(start / self.cfg.steps))
         else:
             steps, loss = self.hg.pretrain_mixer(
                 max_steps=self.cfg.pretrain_max_steps, generator=make_generator(self.cfg.seed)
             )
             pre = {"steps": steps, "final_loss": loss}
 
-        def ckpt(step: int, hist: list) -> None:
+        def ckpt(step: int, hist: list, secs: float) -> None:
             save_checkpoint(
                 self.checkpoint, self.hg, self.optimizers,
-                {"step": step, "history": hist, "mixer_pretrain": pre,
+                {"step": step, "history": hist, "mixer_pretrain": pre, "seconds": secs,
                  "config": _jsonable(asdict(self.cfg))},
                 self.schedulers,
             )  # fmt: skip
 
-        loop = _Loop(self.cfg, self.progress, "train hypergan")
+        loop = _Loop(self.cfg, self.progress, "train hypergan", list(self.optimizers.values()), seconds)
         step, secs = loop.run(start, self._step, self._eval, ckpt if self.checkpoint else None,
                               history)  # fmt: skip
         self.hg.eval()
         return TrainResult(step, secs, history, pre)
 
 
-# ``strategy`` changes only float round-off, not the method, so a resume may switch it.
+# ``strategy`` changes only float round-off, not the method, so a resume may switch it. A resume may
+# change ``time_budget_s`` too: the rest of the schedule follows the new budget (or the step count).
 _BOOKKEEPING = ("eval_every", "eval_members", "checkpoint_every", "time_budget_s", "strategy")
 
 
@@ -317,7 +385,9 @@ def train_members(
         return {"loss": float(loss.detach()) / k}
 
     history: list[dict[str, float]] = []
-    step, secs = _Loop(cfg, progress, f"train {k} member(s)").run(0, step_fn, lambda: {}, None, history)
+    step, secs = _Loop(cfg, progress, f"train {k} member(s)", [opt]).run(
+        0, step_fn, lambda: {}, None, history
+    )
     return {n: t.detach() for n, t in params.items()}, TrainResult(step, secs, history)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hgdefend import HyperGAN, Trainer, load_data
-from hgdefend.evaluation import default_recipe, default_spec
+from hgdefend import load_data
+from hgdefend.recipes import train_model
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -25,13 +25,8 @@ def digits():
 
 @pytest.fixture(scope="session")
 def trained_digits(digits):
-    """The default digits recipe, as `hgdefend evaluate` trains it."""
-    hp, cfg = default_recipe(digits)
-    cfg.seed = 0
-    torch.manual_seed(0)
-    hg = HyperGAN(default_spec(digits), **hp)
-    Trainer(hg, digits.train, cfg, val=digits.calib, progress=False, device="cpu").fit()
-    return hg
+    """The default digits recipe, as `hgdefend train` and `hgdefend evaluate` train it."""
+    return train_model(digits, seed=0, device="cpu", progress=False).hypergan
 
 
 @pytest.fixture

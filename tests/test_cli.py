@@ -1,11 +1,16 @@
 """The CLI as a user runs it: exit codes, one-line errors, files written."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
 
-from hgdefend.cli.main import cli
+import hgdefend
+from hgdefend.cli.main import COMMANDS, cli
+
+HEAVY = ("torch", "sklearn", "art", "onnx", "onnxruntime")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +43,7 @@ def test_train_writes_model_checkpoint_and_log(trained):
 
 
 def test_info_shows_hash_and_counts(trained):
-    res = CliRunner().invoke(cli, ["info", str(trained / "model.safetensors"), "--json"])
+    res = CliRunner().invoke(cli, ["info", "--model", str(trained / "model.safetensors"), "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert len(out["sha256"]) == 64
@@ -83,10 +88,12 @@ def test_interrupted_training_resumes(tmp_path):
     "args, message",
     [
         (["evaluate", "--dataset", "imagenet"], "unknown dataset"),
-        (["evaluate", "--members", "0"], "ensemble size"),
+        (["evaluate", "--members", "0"], "members"),
         (["evaluate", "--model", "/nonexistent/model.safetensors"], "does not exist"),
         (["train", "--dataset", "mnist", "--out", "x"], "data_root"),
-        (["info", "/nonexistent.safetensors"], "does not exist"),
+        (["info", "--model", "/nonexistent.safetensors"], "does not exist"),
+        (["info", "-m", "/nonexistent.safetensors"], "does not exist"),
+        (["train", "--out", "x", "--time-budget", "-1"], "time_budget_s"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, message, tmp_path, monkeypatch):
@@ -105,3 +112,72 @@ def test_corrupt_model_does_not_overwrite_on_failed_train(trained, tmp_path):
     res = CliRunner().invoke(cli, ["evaluate", "--model", str(bad), "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "corrupt or truncated" in res.output
     assert bad.read_bytes() == b"not a model"
+
+
+def _python(code: str) -> str:
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return res.stdout
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import hgdefend",
+        "import hgdefend.cli.main",
+        "import hgdefend.cli.train, hgdefend.cli.info, hgdefend.cli.export, hgdefend.cli.detect",
+        "from hgdefend.cli.main import cli; cli(['--help'], prog_name='hgdefend', standalone_mode=False)",
+    ],
+)
+def test_start_up_imports_no_heavy_library(code):
+    """`hgdefend --help` stays fast: torch, scikit-learn, ART and onnx load only when a command runs."""
+    out = _python(f"import sys\n{code}\nprint('loaded:', *(m for m in {HEAVY!r} if m in sys.modules))")
+    assert out.splitlines()[-1] == "loaded:", f"{code!r} imported {out.splitlines()[-1]}"
+
+
+def test_public_names_load_lazily():
+    assert set(hgdefend.__all__) <= set(dir(hgdefend))
+    for name in hgdefend.__all__:
+        assert getattr(hgdefend, name) is not None, name
+    from hgdefend.training import Trainer
+
+    assert hgdefend.Trainer is Trainer
+    with pytest.raises(AttributeError):
+        _ = hgdefend.no_such_name
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_python_m_hgdefend_prints_the_version(flag):
+    res = subprocess.run([sys.executable, "-m", "hgdefend", flag], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"hgdefend, version {hgdefend.__version__}"
+
+
+def test_command_list_matches_the_commands():
+    """The group lists commands without importing them; its one-line summaries must stay true."""
+    ctx = cli.make_context("hgdefend", ["--help"], resilient_parsing=True)
+    for name, summary in COMMANDS.items():
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.name == name
+        assert command.get_short_help_str(limit=1000) == summary, name
+    assert cli.get_command(ctx, "nope") is None
+    res = CliRunner().invoke(cli, ["--help"])
+    assert res.exit_code == 0 and all(name in res.output for name in COMMANDS)
+
+
+@pytest.mark.parametrize(
+    "command, takes, lacks",
+    [
+        ("train", ("--seed", "--device", "--threads", "--quiet"), ()),
+        ("evaluate", ("--seed", "--device", "--threads", "--quiet"), ()),
+        ("export", ("--seed", "--threads", "--quiet"), ("--device",)),
+        ("detect", ("--device", "--threads", "--quiet"), ("--seed",)),
+        ("info", (), ("--seed", "--device", "--threads", "--quiet")),
+    ],
+)
+def test_shared_options_are_where_the_readme_says(command, takes, lacks):
+    """README's table of shared options; every command names its model with --model / -m."""
+    ctx = cli.make_context("hgdefend", ["--help"], resilient_parsing=True)
+    opts = {o for p in cli.get_command(ctx, command).params for o in p.opts}
+    assert set(takes) <= opts and not set(lacks) & opts
+    if command != "train":
+        assert {"--model", "-m"} <= opts

@@ -209,6 +209,7 @@ def test_cli_export_and_detect_round_trip(model_file, digits, tmp_path):
         cli,
         [
             "export",
+            "--model",
             str(model_file),
             "--members",
             "4",
@@ -229,7 +230,7 @@ def test_cli_export_and_detect_round_trip(model_file, digits, tmp_path):
 
     x = digits.test.x[:9].numpy()
     np.save(tmp_path / "x.npy", x)
-    res = runner.invoke(cli, ["detect", "--onnx", str(out), "--input", str(tmp_path / "x.npy")])
+    res = runner.invoke(cli, ["detect", "--model", str(out), "--input", str(tmp_path / "x.npy")])
     assert res.exit_code == 0, res.output
     rows = [json.loads(line) for line in res.output.splitlines()]
     expected = OnnxDetector(out).run(x)
@@ -242,7 +243,7 @@ def test_cli_export_and_detect_round_trip(model_file, digits, tmp_path):
         cli,
         [
             "detect",
-            "--onnx",
+            "-m",
             str(out),
             "--input",
             str(tmp_path / "x.npz"),
@@ -257,12 +258,12 @@ def test_cli_export_and_detect_round_trip(model_file, digits, tmp_path):
     assert lines[0].startswith("index,predicted_class,label,probability,entropy") and len(lines) == 10
 
     np.save(tmp_path / "bad.npy", (x * 255).astype(np.uint8))
-    res = runner.invoke(cli, ["detect", "--onnx", str(out), "--input", str(tmp_path / "bad.npy")])
+    res = runner.invoke(cli, ["detect", "--model", str(out), "--input", str(tmp_path / "bad.npy")])
     assert res.exit_code == 2 and res.output.startswith("error:") and len(res.output.splitlines()) == 1
 
-    res = runner.invoke(cli, ["detect", "--onnx", str(model_file), "--input", str(tmp_path / "x.npy")])
+    res = runner.invoke(cli, ["detect", "--model", str(model_file), "--input", str(tmp_path / "x.npy")])
     assert res.exit_code == 2 and "not a readable ONNX file" in res.output
 
-    res = runner.invoke(cli, ["export", str(model_file), "--members", "0", "--out", str(tmp_path / "z.onnx")])
+    res = runner.invoke(cli, ["export", "-m", str(model_file), "-k", "0", "--out", str(tmp_path / "z.onnx")])
     assert res.exit_code == 2 and "ensemble size must be an integer >= 1" in res.output
     assert not (tmp_path / "z.onnx").exists()

@@ -1,9 +1,12 @@
+import itertools
+import math
+
 import pytest
 import torch
 
-from hgdefend import HyperGAN, TrainConfig, Trainer, load_data
+from hgdefend import HyperGAN, TrainConfig, Trainer, load_data, training
 from hgdefend.targets import digits_small, regression_1d
-from hgdefend.training import deep_ensemble, mc_dropout, quick_eval, single_network
+from hgdefend.training import deep_ensemble, mc_dropout, quick_eval, single_network, train_members
 from hgdefend.validation import HgdefendError
 
 
@@ -89,3 +92,129 @@ def test_bad_training_config():
         TrainConfig(steps=0)
     with pytest.raises(HgdefendError, match="lr"):
         TrainConfig(lr=float("nan"))
+    with pytest.raises(HgdefendError, match="time_budget_s"):
+        TrainConfig(time_budget_s=-1.0)
+
+
+# --------------------------------------------------------------------------- schedule and time budget
+def _fake_clock(monkeypatch):
+    """The training clock advances one second per reading: time-budget runs become deterministic."""
+    ticks = itertools.count()
+    monkeypatch.setattr(training, "_clock", lambda: float(next(ticks)))
+
+
+def _record_lrs(monkeypatch) -> dict[int, list[list[float]]]:
+    """Per Adam optimizer (by id), the learning rate of every param group at every step."""
+    used: dict[int, list[list[float]]] = {}
+    step = torch.optim.Adam.step
+
+    def recording(self, *args, **kwargs):
+        used.setdefault(id(self), []).append([g["lr"] for g in self.param_groups])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    return used
+
+
+_TINY = dict(steps=1000, nets_per_step=4, batch_size=32, pretrain_max_steps=5)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_time_budget_drives_the_cosine_schedule(schedule, digits, monkeypatch):
+    """A budget that stops the run after ~20 of 1,000 steps: the cosine still ends near 0."""
+    _fake_clock(monkeypatch)
+    used = _record_lrs(monkeypatch)
+    cfg = TrainConfig(**_TINY, time_budget_s=40.0, lr_schedule=schedule)
+    t = Trainer(_small(), digits.train, cfg, progress=False, device="cpu")
+    res = t.fit()
+    assert 5 < res.steps < 100
+    for opt in (t.opt_g, t.opt_d):
+        lrs = used[id(opt)]
+        assert len(lrs) == res.steps
+        first, last = lrs[0], lrs[-1]
+        base = [g["initial_lr"] for g in opt.param_groups]
+        assert first == pytest.approx(base, rel=0.01)  # one tick of 40 s gone: factor 0.998
+        if schedule == "cosine":
+            assert all(
+                a >= b for prev, cur in itertools.pairwise(lrs) for a, b in zip(prev, cur, strict=True)
+            )
+            assert all(b <= 0.01 * a for a, b in zip(base, last, strict=True))  # annealed
+        else:
+            assert all(lr == first for lr in lrs)  # constant stays constant
+
+
+def test_time_budget_drives_the_baselines_schedule(digits, monkeypatch):
+    _fake_clock(monkeypatch)
+    used = _record_lrs(monkeypatch)
+    cfg = TrainConfig(**_TINY, time_budget_s=30.0)
+    _, res = train_members(digits_small(), digits.train, 2, cfg, progress=False, device="cpu")
+    (lrs,) = used.values()
+    assert 5 < res.steps < 100 and len(lrs) == res.steps
+    assert lrs[0][0] == pytest.approx(cfg.lr, rel=0.01) and lrs[-1][0] <= 0.01 * cfg.lr
+
+
+def test_without_a_budget_the_schedule_follows_the_step_count(digits, monkeypatch):
+    used = _record_lrs(monkeypatch)
+    cfg = TrainConfig(**{**_TINY, "steps": 20})
+    t = Trainer(_small(), digits.train, cfg, progress=False, device="cpu")
+    t.fit()
+    lrs = [group[0] for group in used[id(t.opt_g)]]
+    expected = [cfg.lr * 0.5 * (1 + math.cos(math.pi * s / 20)) for s in range(20)]
+    assert lrs == pytest.approx(expected, rel=1e-6, abs=1e-12)
+
+
+def test_resumed_budget_run_continues_its_schedule(tmp_path, digits, monkeypatch):
+    """The checkpoint records the training time, so the resumed run's learning rates (and weights)
+    are those of the uninterrupted run; resuming without the budget goes back to the step cosine."""
+    cfg = TrainConfig(**_TINY, time_budget_s=40.0, checkpoint_every=5)
+    _fake_clock(monkeypatch)
+    used = _record_lrs(monkeypatch)
+    full = Trainer(_small(), digits.train, cfg, progress=False, device="cpu")
+    full.fit()
+    full_lrs = used[id(full.opt_g)]
+
+    ckpt = tmp_path / "c.safetensors"
+    _fake_clock(monkeypatch)
+    part = Trainer(_small(), digits.train, cfg, progress=False, device="cpu", checkpoint=ckpt)
+    orig = part._step
+
+    def interrupting(step, g):
+        if step == 10:
+            raise KeyboardInterrupt
+        return orig(step, g)
+
+    part._step = interrupting
+    with pytest.raises(KeyboardInterrupt):
+        part.fit()
+    _fake_clock(monkeypatch)
+    resumed = Trainer(_small(seed=9), digits.train, cfg, progress=False, device="cpu", checkpoint=ckpt)
+    resumed.fit(resume=True)
+    assert used[id(resumed.opt_g)] == full_lrs[10:]
+    for (n, a), (_, b) in zip(full.hg.state_dict().items(), resumed.hg.state_dict().items(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), n
+
+    no_budget = TrainConfig(**{**_TINY, "checkpoint_every": 5})
+    again = Trainer(_small(), digits.train, no_budget, progress=False, device="cpu", checkpoint=ckpt)
+
+    def stop(step, g):
+        raise KeyboardInterrupt
+
+    again._step = stop  # look at the learning rate the first resumed step would use
+    with pytest.raises(KeyboardInterrupt):
+        again.fit(resume=True)
+    factor = [g["lr"] / g["initial_lr"] for g in again.opt_g.param_groups]
+    step = len(full_lrs)
+    assert factor == pytest.approx([0.5 * (1 + math.cos(math.pi * step / 1000))] * 2)
+
+
+def test_progress_bar_is_silent_off_a_terminal(digits, capsys):
+    cfg = TrainConfig(steps=3, batch_size=16)
+    train_members(digits_small(), digits.train, 1, cfg, progress=True, device="cpu")
+    assert capsys.readouterr().err == ""
+
+
+def test_bar_total_follows_the_budget():
+    assert training._expected_steps(10, 0, 10.0, 30.0, 1000) == 40
+    assert training._expected_steps(10, 0, 10.0, 3000.0, 1000) == 1000
+    assert training._expected_steps(10, 0, 10.0, -1.0, 1000) == 10
+    assert training._expected_steps(105, 100, 5.0, 5.0, 1000) == 110  # rate of this call after a resume

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..validation import HgdefendError
+from ..errors import HgdefendError
 
 EXIT_USAGE = 2
 
@@ -57,23 +57,36 @@ def set_threads(threads: int | None) -> None:
     """Pick torch's CPU threads deliberately: oversubscription was measured to slow PGD ~30×."""
     import torch
 
-    if threads is None:
-        threads = default_threads()
-    if threads < 1:
-        raise CLIError("--threads: expected an integer >= 1")
-    torch.set_num_threads(threads)
+    check_threads(threads)
+    torch.set_num_threads(default_threads() if threads is None else threads)
+
+
+def seed_option(help: str = "Seed for training, sampling and attacks.") -> Callable:
+    return click.option("--seed", type=int, default=0, show_default=True, help=help)
+
+
+def device_option(help: str = "'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...") -> Callable:
+    return click.option("--device", default="auto", show_default=True, help=help)
+
+
+def threads_option(help: str = "torch CPU threads (default: cores up to 8; 1 if busy).") -> Callable:
+    return click.option("--threads", type=int, default=None, help=help)
+
+
+def quiet_option(help: str = "No progress bars or summaries.") -> Callable:
+    return click.option("--quiet", "-q", is_flag=True, help=help)
 
 
 def common_options(fn: Callable) -> Callable:
-    """--seed, --device, --threads, --quiet."""
-    fn = click.option("--quiet", "-q", is_flag=True, help="No progress bars or summaries.")(fn)
-    fn = click.option("--threads", type=int, default=None,
-                      help="torch CPU threads (default: cores up to 8; 1 if busy).")(fn)  # fmt: skip
-    fn = click.option("--device", default="auto", show_default=True,
-                      help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")(fn)  # fmt: skip
-    fn = click.option("--seed", type=int, default=0, show_default=True,
-                      help="Seed for training, sampling and attacks.")(fn)  # fmt: skip
+    """--seed, --device, --threads, --quiet (train and evaluate; export and detect take a subset)."""
+    for option in (quiet_option(), threads_option(), device_option(), seed_option()):
+        fn = option(fn)
     return fn
+
+
+def check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise CLIError("--threads: expected an integer >= 1")
 
 
 def command_line() -> str:

@@ -10,19 +10,20 @@ from pathlib import Path
 
 import click
 
-from ..detectors.scores import SCORES
-from .common import CLIError, friendly_errors
+from ..vocab import SCORES
+from .common import check_threads, device_option, friendly_errors, quiet_option, threads_option
 
 FIELDS = ("index", "predicted_class", "label", "probability", *SCORES, "is_adversarial")
 
 
 @click.command()
 @click.option(
-    "--onnx",
+    "--model",
+    "-m",
     "onnx_path",
     required=True,
     type=click.Path(dir_okay=False),
-    help="A file written by `hgdefend export`.",
+    help="An .onnx file written by `hgdefend export`.",
 )
 @click.option(
     "--input",
@@ -33,16 +34,12 @@ FIELDS = ("index", "predicted_class", "label", "probability", *SCORES, "is_adver
 )
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write here (default: stdout).")
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="'auto' (onnxruntime's CUDA provider when usable, else CPU), 'cpu', 'cuda'.",
-)
-@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
+@device_option("'auto' (onnxruntime's CUDA provider when usable, else CPU), 'cpu', 'cuda'.")
+@threads_option("onnxruntime intra-op threads (default: onnxruntime's choice).")
+@quiet_option("No summary on stderr after writing --out.")
 @friendly_errors
-def detect(onnx_path, input_path, fmt, out, device, threads, batch_size) -> None:
+def detect(onnx_path, input_path, fmt, out, batch_size, device, threads, quiet) -> None:
     """Classify and score every input with an exported ensemble; flag suspicious ones.
 
     Each record: input index, predicted class index and its label, mean probability of that
@@ -51,8 +48,7 @@ def detect(onnx_path, input_path, fmt, out, device, threads, batch_size) -> None
     """
     from ..export import OnnxDetector, load_inputs
 
-    if threads is not None and threads < 1:
-        raise CLIError("--threads: expected an integer >= 1")
+    check_threads(threads)
     det = OnnxDetector(onnx_path, device=device, threads=threads)
     rows = det.records(load_inputs(input_path, "--input"), batch_size=batch_size)
     buf = io.StringIO()
@@ -66,9 +62,10 @@ def detect(onnx_path, input_path, fmt, out, device, threads, batch_size) -> None
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
     if out is None:
         sys.stdout.write(buf.getvalue())
-    else:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(buf.getvalue())
+        return
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(buf.getvalue())
+    if not quiet:
         flagged = sum(bool(r["is_adversarial"]) for r in rows)
         flag_text = "" if det.threshold is None else f", {flagged} flagged"
         click.echo(f"wrote {len(rows)} records to {out}{flag_text} ({det.providers[0]})", err=True)

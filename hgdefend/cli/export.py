@@ -6,16 +6,21 @@ import json
 
 import click
 
-from ..detectors.scores import SCORES
-from .common import friendly_errors, set_threads
+from ..vocab import SCORES
+from .common import friendly_errors, quiet_option, seed_option, set_threads, threads_option
 
 EXIT_PARITY = 1
 
 
 @click.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.option(
+    "--model",
+    "-m",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="A model file from `hgdefend train` (or `evaluate`).",
+)
 @click.option("--members", "-k", type=int, required=True, help="Networks K to draw and freeze.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weight draw.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
 @click.option(
     "--threshold-from",
@@ -62,9 +67,10 @@ EXIT_PARITY = 1
     help="torch.onnx exporter (legacy: the deprecated TorchScript one, faster to run).",
 )
 @click.option("--opset", type=int, default=18, show_default=True)
-@click.option("--threads", type=int, default=None, help="torch CPU threads (default: cores, at most 8).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("--quiet", "-q", is_flag=True, help="No summary.")
+@seed_option("Seed of the weight draw.")
+@threads_option()
+@quiet_option("No summary.")
 @friendly_errors
 def export(
     model,
@@ -85,7 +91,7 @@ def export(
     as_json,
     quiet,
 ) -> None:
-    """Freeze K networks sampled from MODEL into one ONNX graph at OUT.
+    """Freeze K networks sampled from a model into one ONNX graph at OUT.
 
     The graph outputs per-member logits, mean probabilities, the predicted class, every detector
     score and, with a threshold, is_adversarial. The file is kept only if onnxruntime (CPU)

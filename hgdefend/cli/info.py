@@ -7,16 +7,23 @@ import math
 
 import click
 
-from ..io import load_model
 from .common import friendly_errors
 
 
 @click.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.option(
+    "--model",
+    "-m",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="A model file from `hgdefend train` (or `evaluate`).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
 @friendly_errors
 def info(model: str, as_json: bool) -> None:
-    """Show MODEL's config, SHA-256 and parameter counts."""
+    """Show a model file's config, SHA-256 and parameter counts."""
+    from ..io import load_model
+
     loaded = load_model(model)
     hg = loaded.hypergan
     counts = {

@@ -1,28 +1,48 @@
-"""``hgdefend`` command group. Each command is a thin shell over the library API."""
+"""``hgdefend`` command group. Each command is a thin shell over the library API.
+
+Commands are imported only when they run (and each imports torch, scikit-learn, onnx ... only
+inside its function), so ``hgdefend --help`` and ``hgdefend --version`` answer without loading them.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from .. import __version__
-from .detect import detect
-from .evaluate import evaluate
-from .export import export
-from .info import info
-from .train import train
+
+COMMANDS: dict[str, str] = {
+    "train": "Train a HyperGAN on DATASET and save OUT/model.safetensors.",
+    "evaluate": "Evaluate a HyperGAN ensemble and write report.html, report.md and report.json.",
+    "info": "Show a model file's config, SHA-256 and parameter counts.",
+    "export": "Freeze K networks sampled from a model into one ONNX graph at OUT.",
+    "detect": "Classify and score every input with an exported ensemble; flag suspicious ones.",
+}
+"""Command name (module ``hgdefend.cli.<name>``, function ``<name>``) → the first line of its help,
+repeated here so that listing the commands imports none of them (tests check they agree)."""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="hgdefend")
+class LazyGroup(click.Group):
+    """A group whose commands are imported when invoked, not when the group is listed."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        return getattr(importlib.import_module(f"{__package__}.{cmd_name}"), cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl(list(COMMANDS.items()))
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="hgdefend")
 def cli() -> None:
     """Detect adversarial and out-of-distribution inputs with HyperGAN-sampled ensembles."""
-
-
-cli.add_command(train)
-cli.add_command(evaluate)
-cli.add_command(info)
-cli.add_command(export)
-cli.add_command(detect)
 
 
 def main() -> None:

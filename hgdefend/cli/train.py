@@ -6,13 +6,8 @@ import json
 from pathlib import Path
 
 import click
-import torch
 
-from ..data import load_data
-from ..evaluation import default_recipe, default_spec
-from ..hypergan import REGULARISERS, HyperGAN
-from ..io import save_model
-from ..training import Trainer, resolve_device
+from ..vocab import REGULARISERS
 from .common import CLIError, common_options, friendly_errors, set_threads
 
 
@@ -47,7 +42,13 @@ from .common import CLIError, common_options, friendly_errors, set_threads
 )
 @click.option("--eval-every", type=int, default=100, show_default=True)
 @click.option("--checkpoint-every", type=int, default=100, show_default=True)
-@click.option("--time-budget", type=float, default=None, help="Stop after this many seconds.")
+@click.option(
+    "--time-budget",
+    type=float,
+    default=None,
+    help="Stop after this many seconds of training (with --resume: in total); the learning rate "
+    "anneals over the budget.",
+)
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.safetensors.")
 @common_options
 @friendly_errors
@@ -55,35 +56,31 @@ def train(dataset, data_root, download, in_classes, out_dir, steps, nets_per_ste
           regulariser, beta, eval_every, checkpoint_every, time_budget, resume, seed, device,
           threads, quiet) -> None:  # fmt: skip
     """Train a HyperGAN on DATASET and save OUT/model.safetensors."""
+    from ..data import load_data
+    from ..io import save_model
+    from ..recipes import train_model
+    from ..training import resolve_device
+
     set_threads(threads)
     dev = resolve_device(device)
-    data = load_data(dataset, root=data_root, download=download, in_classes=in_classes)
-    hp, cfg = default_recipe(data)
-    for name, value in (("steps", steps), ("nets_per_step", nets_per_step),
-                        ("batch_size", batch_size), ("lr", lr)):  # fmt: skip
-        if value is not None:
-            setattr(cfg, name, value)
-    cfg.eval_every, cfg.checkpoint_every, cfg.seed = eval_every, checkpoint_every, seed
-    cfg.time_budget_s = time_budget
-    cfg.__post_init__()
     out = Path(out_dir)
     ckpt = out / "checkpoint.safetensors"
     if resume and not ckpt.is_file():
         raise CLIError(f"--resume: no checkpoint at {ckpt}")
-    torch.manual_seed(seed)
-    hg = HyperGAN(default_spec(data), regulariser=regulariser, beta=beta, **hp)
-    out.mkdir(parents=True, exist_ok=True)
-    result = Trainer(hg, data.train, cfg, val=data.calib, device=dev, progress=not quiet,
-                     checkpoint=ckpt).fit(resume=resume)  # fmt: skip
-    training = {"steps": result.steps, "seconds": round(result.seconds, 2), "seed": seed,
-                "last_eval": result.history[-1] if result.history else {}}  # fmt: skip
-    sha = save_model(out / "model.safetensors", hg, dataset=data.describe(), training=training)
+    data = load_data(dataset, root=data_root, download=download, in_classes=in_classes)
+    trained = train_model(data, seed=seed, device=dev, steps=steps, nets_per_step=nets_per_step,
+                          batch_size=batch_size, lr=lr, regulariser=regulariser, beta=beta,
+                          eval_every=eval_every, checkpoint_every=checkpoint_every,
+                          time_budget=time_budget, checkpoint=ckpt, resume=resume,
+                          progress=not quiet)  # fmt: skip
+    result = trained.result
+    sha = save_model(out / "model.safetensors", trained.hypergan, dataset=data.describe(),
+                     training=trained.training)  # fmt: skip
     (out / "train_log.json").write_text(json.dumps(
         {"history": result.history, "mixer_pretrain": result.mixer_pretrain, "sha256": sha},
         indent=2))  # fmt: skip
     if not quiet:
-        last = result.history[-1] if result.history else {}
-        acc = last.get("ensemble_acc")
+        acc = trained.training["final"].get("ensemble_acc")
         click.echo(f"wrote {out / 'model.safetensors'} (sha256 {sha[:16]}…) after {result.steps} "
                    f"steps, {result.seconds:.1f} s"
                    + (f"; calibration accuracy of a 10-network ensemble {100 * acc:.2f} %"

@@ -1,0 +1,113 @@
+"""The default HyperGAN for a dataset, and training it: one recipe for ``hgdefend train`` and ``evaluate``.
+
+``train_model`` seeds torch, builds the HyperGAN and trains it in the same order every time, so the
+same seed gives the same weights whichever command trains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import DataSplits
+from .errors import HgdefendError
+from .hypergan import HyperGAN
+from .targets import TargetSpec, cifar10_paper, digits_small, mnist_paper, regression_1d
+from .training import TrainConfig, Trainer, TrainResult
+
+
+def default_spec(data: DataSplits) -> TargetSpec:
+    """The built-in target for a dataset's input shape."""
+    shape, c = tuple(data.input_shape), data.num_classes
+    if data.task == "regression":
+        return regression_1d()
+    if shape == (1, 8, 8):
+        return digits_small(c)
+    if shape == (1, 28, 28):
+        return mnist_paper(c)
+    if shape == (3, 32, 32):
+        return cifar10_paper(c)
+    raise HgdefendError(
+        f"dataset: no built-in target for input shape {list(shape)}; train a model on your own "
+        "nn.Module with the Python API (ModuleTarget) and pass it with --model"
+    )
+
+
+def default_recipe(data: DataSplits) -> tuple[dict[str, Any], TrainConfig]:
+    """HyperGAN size and training length that fit the dataset (small for digits: CPU seconds)."""
+    if tuple(data.input_shape) == (1, 8, 8):
+        return ({"noise_dim": 64, "code_dim": 32, "hidden": 128},
+                TrainConfig(steps=400, nets_per_step=16, batch_size=64))  # fmt: skip
+    if data.task == "regression":
+        return ({"noise_dim": 64, "code_dim": 64, "hidden": 256},
+                TrainConfig(steps=2000, nets_per_step=32, batch_size=20))  # fmt: skip
+    return ({"noise_dim": 256, "code_dim": 128, "hidden": 512},
+            TrainConfig(steps=2000, nets_per_step=32, batch_size=100))  # fmt: skip
+
+
+@dataclass
+class TrainedModel:
+    """A HyperGAN trained by :func:`train_model`, its training result and what to record about it."""
+
+    hypergan: HyperGAN
+    result: TrainResult
+    training: dict[str, Any]
+    """JSON-able, for the model file and the report: ``steps`` (done), ``seconds`` (this call),
+    ``seed``, ``recipe`` (the HyperGAN's hyper-parameters and every :class:`TrainConfig` field) and
+    ``final`` (the last evaluation on the calibration split: ``ensemble_acc``, ``member_acc_mean``, ...)."""
+
+
+def train_model(
+    data: DataSplits,
+    *,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    steps: int | None = None,
+    nets_per_step: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    regulariser: str = "gan",
+    beta: float = 1.0,
+    eval_every: int = 0,
+    checkpoint_every: int = 0,
+    time_budget: float | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainedModel:
+    """Build the default HyperGAN for ``data`` (:func:`default_spec`, :func:`default_recipe`) and train it.
+
+    ``None`` keeps the recipe's value. The calibration split is the validation set (evaluated every
+    ``eval_every`` steps and at the end); ``checkpoint`` is written every ``checkpoint_every`` steps
+    and at the end (its folder is created), and ``resume=True`` continues from it. ``time_budget``
+    (seconds) stops training early and anneals the learning rate over it.
+    """
+    hp, cfg = default_recipe(data)
+    given = {"steps": steps, "nets_per_step": nets_per_step, "batch_size": batch_size, "lr": lr}
+    cfg = replace(  # validates the result (TrainConfig.__post_init__)
+        cfg,
+        **{k: v for k, v in given.items() if v is not None},
+        eval_every=eval_every,
+        checkpoint_every=checkpoint_every,
+        time_budget_s=time_budget,
+        seed=seed,
+    )
+    if checkpoint is not None:
+        Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)  # the HyperGAN's initial weights
+    hg = HyperGAN(default_spec(data), regulariser=regulariser, beta=beta, **hp)
+    result = Trainer(hg, data.train, cfg, val=data.calib, device=device, progress=progress,
+                     checkpoint=checkpoint).fit(resume=resume)  # fmt: skip
+    recipe = {**hp, "regulariser": regulariser, "beta": beta,
+              **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}}  # fmt: skip
+    training = {
+        "steps": result.steps,
+        "seconds": round(result.seconds, 2),
+        "seed": seed,
+        "recipe": recipe,
+        "final": dict(result.history[-1]) if result.history else {},
+    }
+    return TrainedModel(hg, result, training)
