@@ -13,9 +13,11 @@ import time
 
 import torch
 
-from hgdefend import HyperGAN, Trainer, load_data
-from hgdefend.attacks.suite import attack_config, attacks_section
-from hgdefend.evaluation import EvalContext, EvaluateOptions, default_recipe, default_spec
+from hgdefend import load_data
+from hgdefend.evaluate import EvaluateOptions
+from hgdefend.evaluate.attacks import attacks_section
+from hgdefend.evaluate.context import EvalContext
+from hgdefend.recipes import train_model
 from hgdefend.training import resolve_device
 
 
@@ -51,25 +53,16 @@ def main() -> None:
         eps=args.eps,
         protocols=args.protocols,
         baselines=args.baselines,
-        extra={
-            "attacks": {
-                "n_inputs": args.images,
-                "steps": args.steps,
-                "alpha": args.alpha,
-                "lambdas": tuple(float(v) for v in args.lambdas.split(",")),
-                "baseline_steps": args.baseline_steps or args.train_steps,
-            }
-        },
-    )
-    attack_config(opts)  # bad names fail here, before training
+        attack_inputs=args.images,
+        attack_steps=args.steps,
+        attack_alpha=args.alpha,
+        attack_lambdas=args.lambdas,
+        baseline_steps=args.baseline_steps or args.train_steps,
+    ).checked()  # bad names fail here, before training
     data = load_data("mnist", root=args.data_root)
-    hp, cfg = default_recipe(data)
-    cfg.steps, cfg.seed = args.train_steps, args.seed
-    torch.manual_seed(args.seed)
-    hg = HyperGAN(default_spec(data), **hp)
-    res = Trainer(hg, data.train, cfg, val=data.calib, device=dev, progress=False).fit()
-    ens = hg.ensemble(args.members, seed=args.seed).to(dev)
-    sec = attacks_section(EvalContext(opts, data, hg, ens, dev, "", ""))
+    trained = train_model(data, seed=args.seed, device=dev, steps=args.train_steps, progress=False)
+    res, hg, hp = trained.result, trained.hypergan, trained.training["recipe"]
+    sec = attacks_section(EvalContext.build(opts, data, hg, device=dev))
     for m in sec["methods"]:
         for r in m["rows"]:
             r.pop("auroc_ci", None), r.pop("tpr_ci", None)
@@ -78,13 +71,7 @@ def main() -> None:
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "torch": torch.__version__,
-        "hypergan": {
-            "train_steps": res.steps,
-            "train_seconds": round(res.seconds, 1),
-            **hp,
-            "nets_per_step": cfg.nets_per_step,
-            "batch_size": cfg.batch_size,
-        },
+        "hypergan": {"train_steps": res.steps, "train_seconds": round(res.seconds, 1), **hp},
         "clean_test_size": len(data.test),
         "attacks": sec,
         "seconds_total": round(time.perf_counter() - t0, 1),

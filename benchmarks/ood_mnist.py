@@ -23,7 +23,7 @@ from hgdefend import HyperGAN, Trainer, load_data
 from hgdefend.data import load_ood
 from hgdefend.detectors import SCORES, compute_scores, conformal_threshold, detection_metrics
 from hgdefend.ensemble import SampledEnsemble
-from hgdefend.evaluation import default_recipe, default_spec
+from hgdefend.recipes import default_recipe, default_spec
 from hgdefend.training import TrainConfig, train_members
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"

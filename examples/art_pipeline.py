@@ -25,7 +25,7 @@ from art.attacks.evasion import (
 
 from hgdefend import HyperGAN, Trainer, load_data
 from hgdefend.art import EntropyEvasionDetector, HyperGANClassifier
-from hgdefend.evaluation import default_recipe, default_spec
+from hgdefend.recipes import default_recipe, default_spec
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Datasets: a registry of loaders plus deterministic train / calibration / test splits.
+"""Datasets: the built-in loaders (digits, MNIST, Fashion-MNIST, CIFAR-10, the cubic toy, ``.npz``
+files) and deterministic train / calibration / test splits.
 
 Images are float32 in [0, 1] with a channel axis. Nothing is downloaded unless the caller asks
 (``download=True``); a missing local root gives a clear error naming where files were expected.

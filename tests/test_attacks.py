@@ -10,8 +10,10 @@ import torch
 
 from hgdefend import HyperGAN, Trainer
 from hgdefend.attacks import FGSM, PGD, AdaptivePGD, FreshSamples, ensemble_loss
-from hgdefend.attacks.suite import EVADES_MISSED, AttackConfig, attackers_best, findings, parse_eps
-from hgdefend.evaluation import EvaluateOptions, default_recipe, default_spec, run_evaluate
+from hgdefend.evaluate import AttackOptions, EvaluateOptions, run_evaluate
+from hgdefend.evaluate.attacks import EVADES_MISSED, attackers_best, findings
+from hgdefend.evaluate.options import parse_numbers
+from hgdefend.recipes import default_recipe, default_spec
 from hgdefend.training import TrainConfig, deep_ensemble
 from hgdefend.validation import HgdefendError
 
@@ -133,19 +135,19 @@ def test_bad_input(ens, xy):
     with pytest.raises(HgdefendError, match="target"):
         FGSM(42, 0.1)
     with pytest.raises(HgdefendError, match="attacks: unknown name 'cw'"):
-        AttackConfig(attacks="fgsm,cw")
+        AttackOptions(attacks="fgsm,cw")
     with pytest.raises(HgdefendError, match="protocols"):
-        AttackConfig(protocols="paper,whitebox")
+        AttackOptions(protocols="paper,whitebox")
     with pytest.raises(HgdefendError, match="baselines"):
-        AttackConfig(baselines="svm")
+        AttackOptions(baselines="svm")
     with pytest.raises(HgdefendError, match="eps"):
-        parse_eps("0.1,-0.2")
+        parse_numbers("0.1,-0.2", "eps")
     with pytest.raises(HgdefendError, match="members"):
         run_evaluate(EvaluateOptions(members=0, attacks="pgd"))
     with pytest.raises(HgdefendError, match="protocols"):  # fails before any training
         run_evaluate(EvaluateOptions(attacks="pgd", protocols="nope"))
     with pytest.raises(HgdefendError, match="eot_members"):
-        AttackConfig(eot_members=0)
+        AttackOptions(eot_members=0)
 
 
 def test_evaluate_writes_attacks_section(tmp_path):
@@ -158,15 +160,11 @@ def test_evaluate_writes_attacks_section(tmp_path):
         eps="0.1,0.3",
         protocols="paper,fixed,adaptive",
         baselines="deep-ensemble,single",
-        extra={
-            "attacks": {
-                "n_inputs": 20,
-                "steps": 3,
-                "baseline_steps": 40,
-                "n_bootstrap": 10,
-                "lambdas": (0.0, 1.0),
-            }
-        },
+        attack_inputs=20,
+        attack_steps=3,
+        baseline_steps=40,
+        attack_bootstrap=10,
+        attack_lambdas=(0.0, 1.0),
     )
     report, paths = run_evaluate(opts)
     sec = report["attacks"]
@@ -186,6 +184,8 @@ def test_evaluate_writes_attacks_section(tmp_path):
     on_disk = json.loads(paths["json"].read_text())
     assert on_disk["attacks"]["methods"][0]["rows"][0]["attack"] == "fgsm"
     assert all(f in report["findings"] for f in sec["findings"])
+    assert all(md.count(f) == 1 for f in sec["findings"])  # findings appear once, at the top
+    assert (tmp_path / "report.html").is_file() and report["summary"]["worst_finding"] is not None
 
 
 def test_findings_report_inputs_that_get_through_not_a_low_auroc_alone():

@@ -24,8 +24,8 @@ from hgdefend.detectors import (
     min_calibration_size,
 )
 from hgdefend.detectors.metrics import bootstrap_auroc_tpr
-from hgdefend.detectors.plots import plot_score_groups
-from hgdefend.detectors.section import apply_gate, parse_fail_under
+from hgdefend.evaluate.gate import apply_gate, parse_fail_under
+from hgdefend.evaluate.plots import plot_score_groups
 from hgdefend.validation import HgdefendError
 
 
@@ -270,7 +270,7 @@ def test_plots_write_pngs(tmp_path):
         score_name="entropy",
         threshold=1.6,
     )
-    assert set(files) == {"roc", "ecdf", "histogram"}
+    assert set(files) == {"roc", "det", "ecdf", "histogram"}
     for name in files.values():
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     only_clean = plot_score_groups({"clean": rng.normal(0, 1, 10)}, tmp_path, score_name="x")
@@ -408,17 +408,44 @@ def test_evaluate_with_ood_dataset_file(digits_eval, tmp_path):
 
 
 def test_detection_section_without_ood_reports_thresholds_only(trained_digits, digits, tmp_path):
-    from hgdefend.detectors.section import detection_section, render_detection
-    from hgdefend.evaluation import EvalContext, EvaluateOptions
+    from hgdefend.evaluate import EvaluateOptions
+    from hgdefend.evaluate.context import EvalContext
+    from hgdefend.evaluate.detection import detection_section, render_detection
 
     opts = EvaluateOptions(out=str(tmp_path), members=10, in_classes=None)
-    ctx = EvalContext(
-        opts, digits, trained_digits, trained_digits.ensemble(10, seed=0), torch.device("cpu"), "", ""
-    )
+    ctx = EvalContext.build(opts, digits, trained_digits)
     sec = detection_section(ctx)
     assert digits.ood is None and sec["ood_sets"] == [] and sec["rows"] == [] and "No OOD set" in sec["note"]
     assert len(sec["thresholds"]) == 5 and all(0 <= t["realised_fpr"] <= 1 for t in sec["thresholds"])
+    for t in sec["thresholds"]:
+        assert t["realised_fpr_ci"][0] <= t["realised_fpr"] <= t["realised_fpr_ci"][1]
     assert "roc" not in sec["plots"] and (tmp_path / sec["plots"]["ecdf"]).is_file()
     md = "\n".join(render_detection(sec))
     assert "No OOD set" in md and "realised FPR" in md
     assert apply_gate({"detection": sec}, {"auroc": 0.5})["passed"] is False
+
+
+def test_each_ensemble_scores_each_split_once(trained_digits, digits, tmp_path, monkeypatch):
+    """The scored-splits cache: detection and accuracy read the same member logits."""
+    from hgdefend.ensemble import SampledEnsemble
+    from hgdefend.evaluate import EvaluateOptions
+    from hgdefend.evaluate.accuracy import accuracy_section, calibration_section
+    from hgdefend.evaluate.context import EvalContext
+    from hgdefend.evaluate.detection import detection_section
+
+    calls: list[int] = []
+    real = SampledEnsemble.member_logits
+
+    def counting(self, x, **kw):
+        calls.append(id(self))
+        return real(self, x, **kw)
+
+    monkeypatch.setattr(SampledEnsemble, "member_logits", counting)
+    ctx = EvalContext.build(EvaluateOptions(out=str(tmp_path), members=5), digits, trained_digits)
+    detection_section(ctx)
+    n = len(calls)
+    assert n == 4  # (fixed, fresh) x (calib, test): digits' splits fit in one batch each
+    accuracy_section(ctx)
+    calibration_section(ctx)
+    detection_section(ctx)
+    assert len(calls) == n

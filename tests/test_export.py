@@ -66,7 +66,7 @@ def test_parity_batch_1_and_7_on_digits(exported, trained_digits, digits):
         ref = ens.predict_proba(x).numpy()
         assert np.abs(got["probabilities"] - ref).max() <= 1e-4
         np.testing.assert_array_equal(got["predicted_class"], ref.argmax(-1))
-        np.testing.assert_array_equal(got["is_adversarial"], det.predict(x))
+        np.testing.assert_array_equal(got["is_adversarial"], det.flag(x))
         assert got["member_logits"].shape == (K, len(x), 10)
         ref_scores = compute_scores(ens.member_logits(x))
         for name, value in ref_scores.items():
@@ -199,7 +199,7 @@ def test_no_threshold_means_no_flag_output(small_hg, tmp_path):
     assert "is_adversarial" not in det.outputs
     assert det.records(np.zeros((1, 1, 8, 8), np.float32))[0]["is_adversarial"] is None
     with pytest.raises(HgdefendError, match="without a threshold"):
-        det.predict(np.zeros((1, 1, 8, 8), np.float32))
+        det.flag(np.zeros((1, 1, 8, 8), np.float32))
 
 
 def test_cli_export_and_detect_round_trip(model_file, digits, tmp_path):

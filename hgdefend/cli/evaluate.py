@@ -1,20 +1,28 @@
-"""``hgdefend evaluate``: the main job — accuracy, diversity, detection, attacks — as a report."""
+"""``hgdefend evaluate``: the main job (accuracy, calibration, diversity, detection, attacks) as a report."""
 
 from __future__ import annotations
 
+import json
+
 import click
 
-from ..evaluation import EvaluateOptions, run_evaluate
-from ..hypergan import REGULARISERS
+from ..vocab import REGULARISERS
 from .common import command_line, common_options, friendly_errors, set_threads
 
 
 @click.command()
 @click.option(
+    "--model",
+    "-m",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="A model file from 'hgdefend train'; without it a small HyperGAN is trained.",
+)
+@click.option(
     "--dataset",
-    default="digits",
-    show_default=True,
-    help="digits (embedded), mnist, fashion-mnist, cifar10, or a .npz file.",
+    default=None,
+    help="digits (embedded), mnist, fashion-mnist, cifar10, or a .npz file [default: the "
+    "model file's dataset, else digits].",
 )
 @click.option("--data-root", default=None, help="Folder in torchvision's layout.")
 @click.option("--download", is_flag=True, help="Let torchvision download missing data.")
@@ -22,8 +30,8 @@ from .common import command_line, common_options, friendly_errors, set_threads
     "--in-classes",
     default="auto",
     show_default=True,
-    help="In-distribution classes, e.g. 0-4 ('all' for every class; 'auto': 0-4 on "
-    "digits without --ood, so classes 5-9 are the OOD set).",
+    help="In-distribution classes, e.g. 0-4 ('all' for every class; 'auto': the model's classes, "
+    "or 0-4 on digits without --ood so that classes 5-9 are the OOD set).",
 )
 @click.option("--ood", default=None, help="OOD dataset scored against the test split, e.g. fashion-mnist.")
 @click.option(
@@ -36,18 +44,20 @@ from .common import command_line, common_options, friendly_errors, set_threads
 @click.option(
     "--fail-under", default=None, help="Gate, e.g. auroc=0.9,tpr=0.8: exit 1 when a metric falls below it."
 )
-@click.option("--attacks", default=None, help="Comma list of attacks, e.g. fgsm,pgd.")
+@click.option("--attacks", default=None, help="Comma list of attacks, e.g. fgsm,pgd (none by default).")
 @click.option("--eps", default=None, help="Comma list of L-inf budgets, e.g. 0.1,0.2,0.3.")
-@click.option("--protocols", default=None, help="Comma list: paper,fixed,adaptive.")
+@click.option("--protocols", default=None, help="Comma list: paper,fixed,adaptive [default: paper,fixed].")
 @click.option("--baselines", default=None, help="Comma list: deep-ensemble,mc-dropout,single.")
-@click.option(
-    "--model",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="A model file from 'hgdefend train'; without it a small HyperGAN is trained.",
-)
+@click.option("--attack-inputs", type=int, default=None, help="Test inputs attacked [default: 200].")
+@click.option("--attack-steps", type=int, default=None, help="PGD steps [default: 40].")
 @click.option("--members", type=int, default=100, show_default=True, help="Ensemble size K.")
 @click.option("--train-steps", type=int, default=None, help="Steps when training (no --model).")
+@click.option(
+    "--time-budget",
+    type=float,
+    default=None,
+    help="Seconds of training when training (no --model); the schedule anneals within it.",
+)
 @click.option("--regulariser", type=click.Choice(REGULARISERS), default="gan", show_default=True)
 @click.option("--beta", type=float, default=1.0, show_default=True)
 @click.option(
@@ -55,27 +65,91 @@ from .common import command_line, common_options, friendly_errors, set_threads
     default="hgdefend-report",
     show_default=True,
     type=click.Path(file_okay=False),
-    help="Folder for report.json, report.md and plots.",
+    help="Folder for report.html, report.md, report.json and plots.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of text.")
 @common_options
 @friendly_errors
-def evaluate(dataset, data_root, download, in_classes, ood, target_fpr, fail_under, attacks, eps,
-             protocols, baselines, model, members, train_steps, regulariser, beta, out, seed, device,
-             threads, quiet) -> None:  # fmt: skip
-    """Evaluate a HyperGAN ensemble and write report.json and report.md."""
+def evaluate(
+    model,
+    dataset,
+    data_root,
+    download,
+    in_classes,
+    ood,
+    target_fpr,
+    fail_under,
+    attacks,
+    eps,
+    protocols,
+    baselines,
+    attack_inputs,
+    attack_steps,
+    members,
+    train_steps,
+    time_budget,
+    regulariser,
+    beta,
+    out,
+    as_json,
+    seed,
+    device,
+    threads,
+    quiet,
+) -> None:
+    """Evaluate a HyperGAN ensemble and write report.html, report.md and report.json.
+
+    Progress goes to stderr (only on a terminal); a short summary ends on stdout.
+    """
+    from ..evaluate import EvaluateOptions, run_evaluate
+
     set_threads(threads)
-    opts = EvaluateOptions(dataset=dataset, data_root=data_root, download=download,
-                           in_classes=in_classes, ood=ood, target_fpr=target_fpr,
-                           fail_under=fail_under, attacks=attacks, eps=eps, protocols=protocols,
-                           baselines=baselines, model=model, out=out, seed=seed,
-                           device=None if device == "auto" else device, members=members,
-                           train_steps=train_steps, regulariser=regulariser, beta=beta,
-                           quiet=quiet)  # fmt: skip
+    opts = EvaluateOptions(
+        dataset=dataset,
+        data_root=data_root,
+        download=download,
+        in_classes=in_classes,
+        ood=ood,
+        target_fpr=target_fpr,
+        fail_under=fail_under,
+        attacks=attacks,
+        eps=eps,
+        protocols=protocols,
+        baselines=baselines,
+        attack_inputs=attack_inputs,
+        attack_steps=attack_steps,
+        model=model,
+        out=out,
+        seed=seed,
+        device=None if device == "auto" else device,
+        members=members,
+        train_steps=train_steps,
+        time_budget=time_budget,
+        regulariser=regulariser,
+        beta=beta,
+        quiet=quiet,
+    )
     report, paths = run_evaluate(opts, command=command_line())
-    if not quiet:
-        click.echo(paths["markdown"].read_text())
-        click.echo(f"wrote {paths['json']} and {paths['markdown']}")
+    summary = report["summary"]
     gate = report.get("gate")
-    if gate is not None and not gate.get("passed", True):
-        click.echo(f"gate failed: {'; '.join(gate.get('failures', []))}", err=True)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    **{k: v for k, v in summary.items()},
+                    "gate": None
+                    if gate is None
+                    else {"passed": gate["passed"], "failures": gate["failures"]},
+                    "report": {k: str(p) for k, p in paths.items()},
+                },
+                indent=2,
+            )
+        )
+    elif not quiet:
+        for line in summary["lines"]:
+            click.echo(line)
+        click.echo(f"Report: {paths['html']} (also report.md, report.json)")
+    if gate is not None and not gate["passed"]:
+        for failure in gate["failures"]:
+            click.echo(f"gate failed: {failure}", err=True)
         raise SystemExit(1)

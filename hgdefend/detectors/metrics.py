@@ -30,6 +30,17 @@ def _as_mask(a: object, n: int, name: str) -> np.ndarray:
     return arr.astype(bool)
 
 
+def binomial_ci(k: int, n: int, level: float = 0.95) -> list[float]:
+    """Exact (Clopper–Pearson) interval for a rate ``k / n``: how far a realised FPR or TPR at a
+    fixed threshold can be from the true rate, given only ``n`` inputs."""
+    from scipy.stats import binomtest
+
+    if n <= 0:
+        raise HgdefendError(f"n: a rate needs at least one input, got n={n}")
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="exact")
+    return [float(ci.low), float(ci.high)]
+
+
 def fpr_at_tpr(y_true: np.ndarray, scores: np.ndarray, tpr_level: float = 0.95) -> float:
     """Smallest false-positive rate at which at least ``tpr_level`` of positives are flagged."""
     fpr, tpr, _ = roc_curve(y_true, scores)
@@ -47,7 +58,8 @@ def detection_metrics(
     n_bootstrap: int = 200,
     seed: int = 0,
 ) -> dict:
-    """AUROC, AUPR, TPR at the threshold, FPR at 95 % TPR, realised FPR, with 95 % bootstrap CIs.
+    """AUROC, AUPR, TPR at the threshold, FPR at 95 % TPR, realised FPR, with 95 % intervals: exact
+    binomial ones for the two rates at the threshold, bootstrap ones for AUROC (and TPR).
 
     ``clean_scores`` must come from held-out clean data (not the calibration split the threshold
     was fit on), so ``realised_fpr`` is an honest check of the target. ``suspect_wrong`` (bool per
@@ -74,6 +86,8 @@ def detection_metrics(
         "fpr_at_95_tpr": fpr_at_tpr(y, s, 0.95),
     }
     flagged = suspect > thr
+    out["tpr_exact_ci"] = binomial_ci(int(flagged.sum()), suspect.size)
+    out["realised_fpr_exact_ci"] = binomial_ci(int((clean > thr).sum()), clean.size)
     if suspect_wrong is not None:
         wrong = _as_mask(suspect_wrong, suspect.size, "suspect_wrong")
         out["suspect_error_rate"] = float(wrong.mean())

@@ -200,8 +200,9 @@ class OnnxDetector:
             out[name] = parts[0][j] if len(parts) == 1 else np.concatenate([p[j] for p in parts], axis=axis)
         return out
 
-    def predict(self, x: object) -> np.ndarray:
-        """``is_adversarial`` for ``x`` (needs a file exported with a threshold)."""
+    def flag(self, x: object) -> np.ndarray:
+        """``is_adversarial`` for ``x`` (needs a file exported with a threshold); named like
+        :meth:`hgdefend.detectors.ScoreDetector.flag`, True = flagged."""
         if self.threshold is None:
             raise HgdefendError(
                 f"onnx: {self.path!r} was exported without a threshold; re-export with --threshold-from"

@@ -115,17 +115,14 @@ DEFAULT_STRATEGIES: dict[tuple[str, str], str] = {
 CPU_LOOP_MIN_WORK = 1 << 18
 
 
-def choose_strategy(device: torch.device | str, mode: str | bool = "score", work: int | None = None) -> str:
+def choose_strategy(device: torch.device | str, mode: str = "score", work: int | None = None) -> str:
     """The default member-evaluation strategy for a device and mode.
 
     ``work`` is the number of activations one network writes for the call (batch × the target's
     ``activations_per_input``); on CPU, calls at or above :data:`CPU_LOOP_MIN_WORK` run as the
     per-network loop. ``HGDEFEND_STRATEGY`` overrides it all: one strategy for every mode
-    (``"unfold+tf32"``) or per mode (``"train=grouped,score=unfold"``). ``mode`` may also be a bool
-    (True = train, as before).
+    (``"unfold+tf32"``) or per mode (``"train=grouped,score=unfold"``).
     """
-    if isinstance(mode, bool):
-        mode = "train" if mode else "score"
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     env = os.environ.get(STRATEGY_ENV, "").strip()

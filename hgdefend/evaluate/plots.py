@@ -1,4 +1,5 @@
-"""PNG plots for detection reports: ROC with the operating point, score ECDFs, score histograms.
+"""PNG plots for the report: ROC and DET curves with the operating point, score ECDFs and
+histograms, reliability diagrams, attack success per method.
 
 Everything takes *named score groups* (``{"clean test": s0, "OOD": s1, "PGD eps=0.3": s2, ...}``)
 so any caller — the OOD section, the attacks section — can add its own groups. The first group,
@@ -91,6 +92,33 @@ def plot_roc(
     return _save(fig, path)
 
 
+def plot_det(
+    groups: Mapping[str, object],
+    path: str | os.PathLike,
+    *,
+    clean: str | None = None,
+    title: str = "DET",
+) -> Path:
+    """Detection-error trade-off (miss rate vs false-positive rate on normal-deviate axes): the low
+    false-positive region a deployment runs in is stretched out, where a linear ROC squeezes it."""
+    from sklearn.metrics import DetCurveDisplay
+
+    plt = _pyplot()
+    clean, g = _groups(groups, clean)
+    if len(g) < 2:
+        raise HgdefendError("groups: a DET curve needs the clean group and at least one other")
+    fig, ax = plt.subplots(figsize=(5, 5))
+    c = g[clean]
+    for name, s in g.items():
+        if name == clean:
+            continue
+        y, sc = np.r_[np.zeros(c.size), np.ones(s.size)], np.r_[c, s]
+        DetCurveDisplay.from_predictions(y, sc, ax=ax, name=name)
+    ax.set(title=title, xlabel=f"false-positive rate ({clean})", ylabel="miss rate (not flagged)")
+    ax.legend(loc="upper right", fontsize=8)
+    return _save(fig, path)
+
+
 def plot_ecdf(
     groups: Mapping[str, object],
     path: str | os.PathLike,
@@ -155,7 +183,7 @@ def plot_score_groups(
 ) -> dict[str, str]:
     """ROC (when there is more than one group), ECDF and histogram PNGs for one score.
 
-    Returns ``{"roc": name, "ecdf": name, "histogram": name}`` with file names relative to
+    Returns ``{"roc": name, "det": name, "ecdf": name, "histogram": name}`` with file names relative to
     ``out_dir``, as a report links them.
     """
     out = Path(out_dir)
@@ -166,6 +194,7 @@ def plot_score_groups(
         files["roc"] = plot_roc(
             groups, out / f"{stem}_roc.png", threshold=threshold, clean=clean, title=f"ROC, {score_name}"
         ).name
+        files["det"] = plot_det(groups, out / f"{stem}_det.png", clean=clean, title=f"DET, {score_name}").name
     files["ecdf"] = plot_ecdf(
         groups, out / f"{stem}_ecdf.png", threshold=threshold, score_name=score_name
     ).name
@@ -175,9 +204,48 @@ def plot_score_groups(
     return files
 
 
+def plot_reliability(curves: Mapping[str, Mapping[str, np.ndarray]], path: str | os.PathLike) -> Path:
+    """Reliability diagram: accuracy against stated confidence per bin, one line per classifier;
+    on the diagonal a classifier is calibrated, below it is over-confident."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, b in curves.items():
+        used = b["count"] > 0
+        ax.plot(b["confidence"][used], b["accuracy"][used], marker="o", ms=4, label=name)
+    ax.plot([0, 1], [0, 1], ":", color="grey", lw=1, label="perfectly calibrated")
+    ax.set(xlabel="confidence (top-class probability)", ylabel="accuracy", xlim=(0, 1.01), ylim=(0, 1.01),
+           title="Reliability diagram (test split)")  # fmt: skip
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_attack_success(methods: list[Mapping], path: str | os.PathLike) -> Path:
+    """Attack success and "misclassified and not flagged" vs eps, one panel per method so the plot
+    stays readable with many (attack, protocol) rows."""
+    plt = _pyplot()
+    n = len(methods)
+    fig, axes = plt.subplots(2, n, figsize=(4.2 * n, 6.5), squeeze=False, sharey=True)
+    for j, m in enumerate(methods):
+        keys = dict.fromkeys((r["attack"], r["protocol"]) for r in m["rows"])
+        for attack, protocol in keys:
+            rs = sorted((r for r in m["rows"] if (r["attack"], r["protocol"]) == (attack, protocol)),
+                        key=lambda r: r["eps"])  # fmt: skip
+            eps = [r["eps"] for r in rs]
+            label = f"{attack} {protocol}"
+            axes[0, j].plot(eps, [r["attack_success"] for r in rs], marker="o", label=label)
+            axes[1, j].plot(eps, [r["missed_and_wrong"] for r in rs], marker="o", label=label)
+        axes[0, j].set(title=m["name"], ylim=(-0.02, 1.02))
+        axes[1, j].set(xlabel="eps (L∞)", ylim=(-0.02, 1.02))
+        axes[0, j].legend(fontsize=7, loc="best")
+    axes[0, 0].set_ylabel("attack success (attacked networks)")
+    axes[1, 0].set_ylabel("misclassified and not flagged")
+    return _save(fig, path)
+
+
 def _save(fig, path: str | os.PathLike) -> Path:
     plt = _pyplot()
     p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
     try:
         fig.tight_layout()
         fig.savefig(p, dpi=110, format="png")

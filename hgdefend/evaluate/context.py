@@ -1,0 +1,151 @@
+"""What every report section reads: the data, the model, the two ensembles and a scored-splits cache.
+
+The cache is why ``evaluate`` runs each ensemble over each split once: member logits ``[K, B, C]``
+are computed on first use and kept; predictions and all four scores are derived from them. The
+fixed ensemble (``seed``) and the fresh one (``seed + 1``, the paper's "test with new networks")
+are each sampled once, here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data import DataSplits, Split
+from ..detectors.scores import compute_scores
+from ..ensemble import SampledEnsemble
+from ..hypergan import HyperGAN
+from ..probabilities import EnsemblePrediction, ensemble_prediction
+from .options import AttackOptions, EvaluateOptions
+from .progress import bar
+
+SCORING_BATCH = 512
+"""Inputs per batched forward when scoring a split (every member at once)."""
+
+
+class ScoredSplits:
+    """Member logits computed once per (ensemble, split); predictions and scores read from them.
+
+    Ensembles and splits are registered under names (``"fixed"``, ``"fresh"``, a baseline's name;
+    ``"calib"``, ``"test"``, ``"ood0"``, ...). Nothing is computed until asked for.
+    """
+
+    def __init__(self, *, batch_size: int = SCORING_BATCH, progress: bool = False) -> None:
+        self.batch_size = batch_size
+        self.progress = progress
+        self.ensembles: dict[str, SampledEnsemble] = {}
+        self.splits: dict[str, Split] = {}
+        self._logits: dict[tuple[str, str], Tensor] = {}
+        self._pred: dict[tuple[str, str], EnsemblePrediction] = {}
+        self._scores: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+
+    def add_ensemble(self, name: str, ensemble: SampledEnsemble) -> None:
+        if name in self.ensembles and self.ensembles[name] is not ensemble:
+            raise ValueError(f"ensemble {name!r} is already registered with other networks")
+        self.ensembles[name] = ensemble
+
+    def add_split(self, name: str, split: Split) -> None:
+        self.splits[name] = split
+
+    def logits(self, ensemble: str, split: str) -> Tensor:
+        """Member logits ``[K, B, C]`` of one ensemble on one split (computed once, no gradients)."""
+        key = (ensemble, split)
+        if key not in self._logits:
+            self.precompute([key])
+        return self._logits[key]
+
+    def precompute(self, keys: list[tuple[str, str]]) -> None:
+        """Compute the missing (ensemble, split) pairs, with one progress bar for all of them."""
+        todo = [k for k in dict.fromkeys(keys) if k not in self._logits]
+        if not todo:
+            return
+        with bar(sum(len(self.splits[s]) for _, s in todo), "scoring", self.progress) as b:
+            for ens_name, split_name in todo:
+                ens, x = self.ensembles[ens_name], self.splits[split_name].x
+                parts = []
+                for i in range(0, len(x), self.batch_size):
+                    parts.append(ens.member_logits(x[i : i + self.batch_size]))
+                    b.update(min(self.batch_size, len(x) - i))
+                self._logits[(ens_name, split_name)] = torch.cat(parts, dim=1)
+
+    def prediction(self, ensemble: str, split: str) -> EnsemblePrediction:
+        key = (ensemble, split)
+        if key not in self._pred:
+            self._pred[key] = ensemble_prediction(self.logits(ensemble, split))
+        return self._pred[key]
+
+    def scores(self, ensemble: str, split: str) -> dict[str, np.ndarray]:
+        """All four detector scores (float64 numpy, higher = more suspicious)."""
+        key = (ensemble, split)
+        if key not in self._scores:
+            self._scores[key] = {
+                k: v.cpu().numpy().astype(np.float64)
+                for k, v in compute_scores(self.logits(ensemble, split)).items()
+            }
+        return self._scores[key]
+
+
+@dataclass
+class EvalContext:
+    """What every report section can read."""
+
+    options: EvaluateOptions
+    data: DataSplits
+    hypergan: HyperGAN
+    ensemble: SampledEnsemble
+    fresh: SampledEnsemble
+    device: torch.device
+    out_dir: Path
+    model: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    ood_sets: list[tuple[str, Split]] = field(default_factory=list)
+    attack: AttackOptions | None = None
+    progress: bool = False
+    scored: ScoredSplits = field(default_factory=ScoredSplits)
+
+    @classmethod
+    def build(
+        cls,
+        options: EvaluateOptions,
+        data: DataSplits,
+        hypergan: HyperGAN,
+        *,
+        device: torch.device | str = "cpu",
+        ood_sets: list[tuple[str, Split]] | None = None,
+        model: dict[str, Any] | None = None,
+        training: dict[str, Any] | None = None,
+        progress: bool = False,
+    ) -> EvalContext:
+        """Sample the fixed (seed) and fresh (seed + 1) ensembles once and register the splits."""
+        dev = torch.device(device)
+        k, seed = options.members, options.seed
+        fixed = hypergan.ensemble(k, seed=seed).to(dev)
+        fresh = hypergan.ensemble(k, seed=seed + 1).to(dev)
+        scored = ScoredSplits(progress=progress)
+        scored.add_ensemble("fixed", fixed)
+        scored.add_ensemble("fresh", fresh)
+        scored.add_split("calib", data.calib)
+        scored.add_split("test", data.test)
+        oods = list(ood_sets or [])
+        for i, (_, split) in enumerate(oods):
+            scored.add_split(f"ood{i}", split)
+        return cls(
+            options,
+            data,
+            hypergan,
+            fixed,
+            fresh,
+            dev,
+            Path(options.out),
+            dict(model or {}),
+            dict(training or {}),
+            oods,
+            options.attack_options(),
+            progress,
+            scored,
+        )

@@ -1,0 +1,206 @@
+"""What ``hgdefend evaluate`` is asked to do: typed options, parsed and checked before any work.
+
+Every option is a typed field (no free-form ``extra`` dict); :meth:`EvaluateOptions.checked`
+parses the comma-separated CLI forms and validates everything, so bad input fails in a second,
+not after minutes of training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from ..errors import HgdefendError
+from ..vocab import ATTACK_NAMES, BASELINE_NAMES, PROTOCOL_NAMES
+
+
+def parse_names(text: str | list | tuple | None, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """'fgsm,pgd' or ['fgsm'] → a tuple of known names (order kept, duplicates dropped)."""
+    if text is None:
+        return ()
+    items = [s.strip().lower() for s in (text.split(",") if isinstance(text, str) else text)]
+    items = [s for s in items if s]
+    for s in items:
+        if s not in allowed:
+            raise HgdefendError(f"{what}: unknown name {s!r}; expected some of {', '.join(allowed)}")
+    return tuple(dict.fromkeys(items))
+
+
+def parse_numbers(text: str | list | tuple | None, what: str, *, minimum: float = 0.0) -> tuple[float, ...]:
+    """'0.1,0.3' or [0.1, 0.3] → finite numbers >= ``minimum`` (duplicates dropped)."""
+    if text is None:
+        return ()
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    out = []
+    for p in parts:
+        if isinstance(p, str) and not p.strip():
+            continue
+        try:
+            v = float(p)
+        except (TypeError, ValueError):
+            raise HgdefendError(
+                f"{what}: expected comma-separated numbers >= {minimum:g} like 0.1,0.3, got {p!r}"
+            ) from None
+        if not (math.isfinite(v) and v >= minimum):
+            raise HgdefendError(f"{what}: expected numbers >= {minimum:g}, got {p!r}")
+        out.append(v)
+    return tuple(dict.fromkeys(out))
+
+
+def _positive_int(value: object, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise HgdefendError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _fraction(value: object, name: str) -> float:
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise HgdefendError(f"{name}: expected a number in (0, 1), got {value!r}") from None
+    if not (math.isfinite(v) and 0.0 < v < 1.0):
+        raise HgdefendError(f"{name}: expected a number in (0, 1), got {value!r}")
+    return v
+
+
+@dataclass
+class AttackOptions:
+    """The attack suite's knobs; every one is written into the report."""
+
+    attacks: tuple[str, ...] = ATTACK_NAMES
+    eps: tuple[float, ...] = (0.1, 0.3)
+    protocols: tuple[str, ...] = ("paper", "fixed")
+    baselines: tuple[str, ...] = ()
+    n_inputs: int = 200  # the first n test inputs are attacked (every method gets the same ones)
+    steps: int = 40
+    alpha: float | None = None  # None: 2.5 · eps / steps
+    restarts: int = 1
+    fgsm_grid: int = 10
+    lambdas: tuple[float, ...] = (0.0, 1.0)
+    eot_members: int | None = None  # None: K
+    bank_size: int | None = None  # adaptive targets a fixed bank of this many sampled networks
+    sanity_eps: float | None = None  # None: max(0.5, largest eps)
+    baseline_steps: int | None = None  # None: the dataset recipe's steps
+    target_fpr: float = 0.05
+    seed: int = 0
+    n_bootstrap: int = 100
+
+    def __post_init__(self) -> None:
+        self.attacks = parse_names(self.attacks, ATTACK_NAMES, "attacks") or ATTACK_NAMES
+        self.protocols = parse_names(self.protocols, PROTOCOL_NAMES, "protocols") or ("paper", "fixed")
+        self.baselines = parse_names(self.baselines, BASELINE_NAMES, "baselines")
+        self.eps = parse_numbers(self.eps, "eps") or (0.1, 0.3)
+        for name in ("n_inputs", "steps", "restarts", "fgsm_grid"):
+            _positive_int(getattr(self, name), name)
+        _positive_int(self.n_bootstrap, "n_bootstrap", 0)
+        if self.alpha is not None:
+            parse_numbers([self.alpha], "alpha")
+        if self.sanity_eps is not None:
+            parse_numbers([self.sanity_eps], "sanity_eps")
+        for name in ("eot_members", "bank_size", "baseline_steps"):
+            if getattr(self, name) is not None:
+                _positive_int(getattr(self, name), name)
+        self.lambdas = parse_numbers(self.lambdas, "lambdas") or (0.0,)
+        self.target_fpr = _fraction(self.target_fpr, "target_fpr")
+
+    def describe(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class EvaluateOptions:
+    """Options of ``hgdefend evaluate`` (the CLI flags, one field each)."""
+
+    dataset: str | None = None  # None: the model file's dataset, else digits
+    data_root: str | None = None
+    download: bool = False
+    in_classes: str | None = "auto"
+    ood: str | None = None
+    model: str | None = None
+    out: str = "hgdefend-report"
+    seed: int = 0
+    device: str | None = None
+    members: int = 100
+    train_steps: int | None = None
+    time_budget: float | None = None
+    regulariser: str = "gan"
+    beta: float = 1.0
+    target_fpr: float = 0.05
+    fail_under: str | None = None
+    # attacks: off unless ``attacks`` is given; the rest refine the suite
+    attacks: str | tuple[str, ...] | None = None
+    eps: str | tuple[float, ...] | None = None
+    protocols: str | tuple[str, ...] | None = None
+    baselines: str | tuple[str, ...] | None = None
+    attack_inputs: int | None = None
+    attack_steps: int | None = None
+    attack_alpha: float | None = None
+    attack_lambdas: str | tuple[float, ...] | None = None
+    eot_members: int | None = None
+    bank_size: int | None = None
+    baseline_steps: int | None = None
+    attack_bootstrap: int | None = None
+    quiet: bool = False
+    progress: bool | None = None  # None: only when not quiet and stderr is a terminal
+
+    def attack_options(self) -> AttackOptions | None:
+        """The suite's options; ``None`` without ``attacks``. Raises on bad names or numbers."""
+        refine = (
+            self.eps,
+            self.protocols,
+            self.baselines,
+            self.attack_inputs,
+            self.attack_steps,
+            self.attack_alpha,
+            self.attack_lambdas,
+            self.eot_members,
+            self.bank_size,
+            self.baseline_steps,
+            self.attack_bootstrap,
+        )
+        if not self.attacks:
+            if any(v is not None for v in refine):
+                raise HgdefendError(
+                    "attacks: --eps, --protocols, --baselines and the other attack options need "
+                    "--attacks (e.g. --attacks fgsm,pgd)"
+                )
+            return None
+        given = {
+            "n_inputs": self.attack_inputs,
+            "steps": self.attack_steps,
+            "alpha": self.attack_alpha,
+            "lambdas": self.attack_lambdas,
+            "eot_members": self.eot_members,
+            "bank_size": self.bank_size,
+            "baseline_steps": self.baseline_steps,
+            "n_bootstrap": self.attack_bootstrap,
+        }
+        return AttackOptions(
+            attacks=self.attacks,
+            eps=self.eps,
+            protocols=self.protocols,
+            baselines=self.baselines,
+            target_fpr=self.target_fpr,
+            seed=self.seed,
+            **{k: v for k, v in given.items() if v is not None},
+        )
+
+    def checked(self) -> EvaluateOptions:
+        """Validate every field that can be checked without data (raises :class:`HgdefendError`)."""
+        _positive_int(self.members, "members")
+        _fraction(self.target_fpr, "target_fpr")
+        if self.train_steps is not None:
+            _positive_int(self.train_steps, "train_steps")
+        if self.time_budget is not None and not (
+            isinstance(self.time_budget, (int, float))
+            and math.isfinite(self.time_budget)
+            and self.time_budget > 0
+        ):
+            raise HgdefendError(
+                f"time_budget: expected a positive number of seconds, got {self.time_budget!r}"
+            )
+        if not math.isfinite(float(self.beta)) or float(self.beta) < 0:
+            raise HgdefendError(f"beta: expected a finite number >= 0, got {self.beta!r}")
+        self.attack_options()
+        return replace(self)

@@ -1,0 +1,220 @@
+"""``hgdefend evaluate`` as a library call: get a model, run ONE ordered list of sections, write.
+
+Each :class:`Section` computes its part of the report and renders it; the list below is both the
+order of computation and the order of the report (the summary, built last from the sections, is
+shown first). The CLI only parses flags into :class:`~.options.EvaluateOptions`.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..data import DataSplits, load_data, load_ood
+from ..errors import HgdefendError
+from ..io import LoadedModel, load_model, save_model
+from ..recipes import train_model
+from ..training import resolve_device
+from .accuracy import (
+    accuracy_section,
+    calibration_section,
+    diversity_section,
+    render_accuracy,
+    render_calibration,
+    render_diversity,
+)
+from .attacks import attacks_section, render_attacks
+from .context import EvalContext
+from .detection import detection_section, render_detection
+from .gate import apply_gate, parse_fail_under, render_gate
+from .options import EvaluateOptions
+from .progress import progress_enabled
+from .provenance import data_section, model_section, render_data, render_model, render_training
+from .render import render_html, render_markdown
+from .report import write_report
+from .summary import summarise
+
+
+@dataclass(frozen=True)
+class Section:
+    key: str
+    title: str
+    compute: Callable[[EvalContext, dict[str, Any]], dict[str, Any] | None]
+    """(context, report so far) → the section's dict, or None when it does not apply."""
+    render: Callable[[dict[str, Any]], list[str]]
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section("model", "Model", lambda ctx, _: model_section(ctx), render_model),
+    Section("data", "Data", lambda ctx, _: data_section(ctx), render_data),
+    Section("training", "Training", lambda ctx, _: ctx.training or None, render_training),
+    Section("accuracy", "Clean accuracy", lambda ctx, _: accuracy_section(ctx), render_accuracy),
+    Section("calibration", "Calibration", lambda ctx, _: calibration_section(ctx), render_calibration),
+    Section(
+        "diversity", "Diversity of sampled networks", lambda ctx, _: diversity_section(ctx), render_diversity
+    ),
+    Section(
+        "detection",
+        "Detection (threshold at a target FPR; OOD)",
+        lambda ctx, _: detection_section(ctx),
+        render_detection,
+    ),
+    Section(
+        "attacks",
+        "Attacks (paper protocol, fixed budget, adaptive)",
+        lambda ctx, _: attacks_section(ctx),
+        render_attacks,
+    ),
+    Section("gate", "Gate", lambda ctx, report: _gate(ctx, report), render_gate),
+)
+
+
+def _gate(ctx: EvalContext, report: dict[str, Any]) -> dict[str, Any] | None:
+    limits = parse_fail_under(ctx.options.fail_under)
+    return apply_gate(report, limits) if limits else None
+
+
+def environment(
+    *, seed: int | None, device: torch.device | str, model_sha256: str | None, command: str | None = None
+) -> dict[str, Any]:
+    """What a reader needs to reproduce a run: versions, device, seed, model hash, command."""
+    import numpy
+    import sklearn
+
+    dev = torch.device(device)
+    return {
+        "hgdefend": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scikit_learn": sklearn.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else platform.processor() or "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "seed": seed,
+        "model_sha256": model_sha256,
+        "command": command,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def resolve_in_classes(
+    opts: EvaluateOptions, dataset: str, model_config: dict | None = None
+) -> str | list | None:
+    """'auto': a given model's own classes; else, on digits with no --ood dataset, classes 0-4
+    in-distribution so that 5-9 are the OOD set."""
+    if opts.in_classes == "auto":
+        if model_config is not None:
+            classes = model_config.get("dataset", {}).get("classes")
+            n_all = model_config.get("dataset", {}).get("num_classes_all")
+            return classes if classes and n_all and len(classes) < n_all else None
+        return "0-4" if dataset == "digits" and not opts.ood else None
+    if opts.in_classes in (None, "", "all"):
+        return None
+    return opts.in_classes
+
+
+def _dataset_name(opts: EvaluateOptions, loaded: LoadedModel | None) -> str:
+    """``--dataset``, else the dataset recorded in the model file, else the embedded digits."""
+    if opts.dataset:
+        return opts.dataset
+    name = (loaded.config.get("dataset") or {}).get("name") if loaded else None
+    return name if isinstance(name, str) and name else "digits"
+
+
+def _check_model_fits(loaded: LoadedModel, data: DataSplits) -> None:
+    want, got = list(data.input_shape), loaded.config["target"]["input_shape"]
+    if got != want:
+        raise HgdefendError(f"model: trained on input shape {got}, dataset {data.name!r} gives {want}")
+    if loaded.hypergan.target.num_outputs != data.num_classes and data.task != "regression":
+        raise HgdefendError(
+            f"model: has {loaded.hypergan.target.num_outputs} classes, dataset (with "
+            f"in_classes) has {data.num_classes}"
+        )
+
+
+def _obtain_model(
+    opts: EvaluateOptions, data: DataSplits, device: torch.device, progress: bool, loaded: LoadedModel | None
+) -> tuple[LoadedModel, dict[str, Any]]:
+    """The ``--model`` file, or the dataset's default HyperGAN trained now and saved beside the report."""
+    if loaded is not None:
+        _check_model_fits(loaded, data)
+        return loaded, {"source": "file", "path": loaded.path, **(loaded.config.get("training") or {})}
+    trained = train_model(
+        data,
+        seed=opts.seed,
+        device=device,
+        steps=opts.train_steps,
+        time_budget=opts.time_budget,
+        regulariser=opts.regulariser,
+        beta=opts.beta,
+        progress=progress,
+    )
+    path = Path(opts.out) / "model.safetensors"
+    save_model(path, trained.hypergan, dataset=data.describe(), training=trained.training)
+    return load_model(path, device=device), {"source": "trained", "path": str(path), **trained.training}
+
+
+def run_evaluate(opts: EvaluateOptions, command: str | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Run the evaluation and write the report; return (report, written paths by kind)."""
+    t0 = time.perf_counter()
+    opts = opts.checked()
+    parse_fail_under(opts.fail_under)  # bad syntax fails before any training
+    progress = progress_enabled(opts.quiet, opts.progress)
+    device = resolve_device(opts.device)
+    pre = load_model(opts.model, device=device) if opts.model else None
+    dataset = _dataset_name(opts, pre)
+    data = load_data(
+        dataset,
+        root=opts.data_root,
+        download=opts.download,
+        in_classes=resolve_in_classes(opts, dataset, pre.config if pre else None),
+    )
+    loaded, training = _obtain_model(opts, data, device, progress, pre)
+    oods = []
+    if data.ood is not None and len(data.ood):
+        oods.append((data.ood_name or "held-out classes", data.ood))
+    if opts.ood:
+        oods.append((opts.ood, load_ood(opts.ood, data, root=opts.data_root, download=opts.download)))
+    hg = loaded.hypergan
+    model = {
+        "path": loaded.path,
+        "sha256": loaded.sha256,
+        "target": loaded.config["target"]["name"],
+        **{k: loaded.config["hypergan"].get(k) for k in ("regulariser", "beta")},
+    }
+    ctx = EvalContext.build(
+        opts, data, hg, device=device, ood_sets=oods, model=model, training=training, progress=progress
+    )
+    held = f" (classes {data.classes} in-distribution, the rest held out as OOD)" if data.ood else ""
+    report: dict[str, Any] = {
+        "title": f"{data.name}{held}, {opts.members}-network HyperGAN ensemble",
+        "summary": {},
+        "findings": [],
+        "meta": environment(seed=opts.seed, device=device, model_sha256=loaded.sha256, command=command),
+    }
+    for section in SECTIONS:
+        result = section.compute(ctx, report)
+        if result is None:
+            continue
+        report[section.key] = result
+        for finding in result.get("findings", []) if isinstance(result, dict) else []:
+            if finding not in report["findings"]:
+                report["findings"].append(finding)
+    report["summary"] = summarise(report)
+    report["meta"]["seconds"] = round(time.perf_counter() - t0, 2)
+    md = render_markdown(report, SECTIONS)
+    html = render_html(md, ctx.out_dir, title=f"hgdefend report — {report['title']}")
+    return report, write_report(ctx.out_dir, report, md, html)

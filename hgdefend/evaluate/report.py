@@ -1,0 +1,42 @@
+"""The one report writer: ``report.json`` (for machines), ``report.md`` and ``report.html`` (for
+people), each written atomically. Rendering happens elsewhere (:mod:`.render`); this only writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..fileio import atomic_write
+
+SCHEMA_VERSION = 2
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def report_json(report: dict[str, Any]) -> str:
+    return (
+        json.dumps(
+            {"schema_version": SCHEMA_VERSION, **report}, indent=2, default=_json_default, allow_nan=True
+        )
+        + "\n"
+    )
+
+
+def write_report(
+    out_dir: str | os.PathLike, report: dict[str, Any], markdown: str, html: str
+) -> dict[str, Path]:
+    """Write the three files into ``out_dir``; return their paths by kind."""
+    out = Path(out_dir)
+    paths = {"json": out / "report.json", "markdown": out / "report.md", "html": out / "report.html"}
+    atomic_write(paths["json"], report_json(report))
+    atomic_write(paths["markdown"], markdown)
+    atomic_write(paths["html"], html)
+    return paths

@@ -1,0 +1,123 @@
+"""The report's first words: the operating point, the worst finding and what follows, in plain words.
+
+Built from the computed sections only (no new numbers), so the summary can never disagree with the
+tables below it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .attacks import EVADES_MISSED, PROTOCOL_LABELS
+from .detection import POOR_AUROC
+from .formatting import pct, pct_ci
+
+
+def _one_in(rate: float) -> str:
+    return f"1 in {round(1 / rate):,}" if 0 < rate < 1 else pct(rate)
+
+
+def _worst_attack(attacks: dict[str, Any]) -> dict[str, Any] | None:
+    rows = [r for m in attacks.get("methods", []) if m["name"] == "hypergan" for r in m["rows"]]
+    return max(rows, key=lambda r: (r["missed_and_wrong"], r["eps"])) if rows else None
+
+
+def summarise(report: dict[str, Any]) -> dict[str, Any]:
+    """``{"lines": [...], "conclusion": str, ...numbers the lines quote}`` for the top of the report."""
+    lines: list[str] = []
+    out: dict[str, Any] = {}
+    acc = report.get("accuracy") or {}
+    if "ensembles" in acc:
+        k = str(acc.get("members", acc["single_networks"]["count"]))
+        out["accuracy"] = {
+            "ensemble": acc["ensembles"].get(k),
+            "members": int(k),
+            "single_network_mean": acc["single_networks"]["mean"],
+        }
+        lines.append(
+            f"Accuracy: the {k}-network ensemble classifies {pct(out['accuracy']['ensemble'], 2)} of "
+            f"{acc['test_size']:,} clean test inputs correctly (single sampled networks: "
+            f"{pct(acc['single_networks']['mean'], 2)} on average)."
+        )
+    det = report.get("detection")
+    weak: list[str] = []
+    if det:
+        prim = next(
+            t for t in det["thresholds"] if t["score"] == det["primary_score"] and t["ensemble"] == "fixed"
+        )
+        op = {
+            "score": prim["score"],
+            "threshold": prim["threshold"],
+            "target_fpr": det["target_fpr"],
+            "realised_fpr": prim["realised_fpr"],
+            "realised_fpr_ci": prim.get("realised_fpr_ci"),
+            "ood": [],
+        }
+        text = (
+            f"Operating point: the {prim['score']} threshold is set to flag {_one_in(det['target_fpr'])} "
+            f"clean inputs; on {prim['n_test']:,} held-out clean inputs it flagged "
+            f"{pct_ci(prim['realised_fpr'], prim.get('realised_fpr_ci'))}."
+        )
+        for r in det["rows"]:
+            if r["score"] == det["primary_score"] and r["ensemble"] == "fixed":
+                op["ood"].append({"name": r["ood"], "tpr": r["tpr_at_threshold"], "auroc": r["auroc"]})
+                text += (
+                    f" It flags {pct_ci(r['tpr_at_threshold'], r.get('tpr_exact_ci'))} of {r['ood']} "
+                    f"(AUROC {r['auroc']:.3f})."
+                )
+                if r["auroc"] < POOR_AUROC:
+                    weak.append(r["ood"])
+        out["operating_point"] = op
+        lines.append(text)
+    att = report.get("attacks")
+    worst = _worst_attack(att) if att else None
+    if att is None:
+        out["worst_finding"] = None
+        lines.append(
+            "Attacks: none were run (pass --attacks fgsm,pgd): this report says nothing about "
+            "adversarial inputs."
+        )
+    elif worst is not None:
+        lam = f", λ = {worst['params']['lam']:g}" if "lam" in worst["params"] else ""
+        label = PROTOCOL_LABELS[worst["protocol"]].lower()
+        what = f"{label} {worst['attack'].upper()} at eps {worst['eps']:g}{lam}"
+        out["worst_finding"] = {
+            "attack": worst["attack"],
+            "protocol": worst["protocol"],
+            "eps": worst["eps"],
+            "missed_and_wrong": worst["missed_and_wrong"],
+            "auroc": worst["auroc"],
+        }
+        lines.append(
+            f"Worst finding: {what}: {pct(worst['missed_and_wrong'])} of attacked inputs "
+            f"misclassified and not flagged (AUROC {worst['auroc']:.3f})."
+        )
+    follows = []
+    if worst is not None and worst["missed_and_wrong"] >= EVADES_MISSED:
+        follows.append(
+            "an attacker who knows the networks gets through at this budget: treat the flag as a "
+            "filter for accidents and unfamiliar inputs, not as a defence against white-box attacks"
+        )
+    if weak:
+        follows.append(f"do not rely on the detector for {', '.join(weak)} (AUROC below {POOR_AUROC:g})")
+    if att is not None and att.get("sanity") and not att["sanity"]["passed"]:
+        follows.append("the attack sanity check failed, so the attack numbers cannot be trusted")
+    if not follows:
+        follows.append(
+            "within what was measured the detector held at its operating point"
+            + ("; robustness to adversarial inputs was not measured" if att is None else "")
+        )
+    out["conclusion"] = "What follows: " + "; ".join(follows) + "."
+    lines.append(out["conclusion"])
+    gate = report.get("gate")
+    if gate is not None:
+        lines.append(
+            "Gate: "
+            + (
+                "passed."
+                if gate["passed"]
+                else f"FAILED ({len(gate['failures'])} limit(s)); see the Gate section."
+            )
+        )
+    out["lines"] = lines
+    return out
