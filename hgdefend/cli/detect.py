@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import sys
-from pathlib import Path
 
 import click
 
@@ -63,8 +62,9 @@ def detect(onnx_path, input_path, fmt, out, batch_size, device, threads, quiet) 
     if out is None:
         sys.stdout.write(buf.getvalue())
         return
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(buf.getvalue())
+    from ..fileio import atomic_write
+
+    atomic_write(out, buf.getvalue())
     if not quiet:
         flagged = sum(bool(r["is_adversarial"]) for r in rows)
         flag_text = "" if det.threshold is None else f", {flagged} flagged"

@@ -57,6 +57,7 @@ def train(dataset, data_root, download, in_classes, out_dir, steps, nets_per_ste
           threads, quiet) -> None:  # fmt: skip
     """Train a HyperGAN on DATASET and save OUT/model.safetensors."""
     from ..data import load_data
+    from ..fileio import atomic_write
     from ..io import save_model
     from ..recipes import train_model
     from ..training import resolve_device
@@ -76,7 +77,7 @@ def train(dataset, data_root, download, in_classes, out_dir, steps, nets_per_ste
     result = trained.result
     sha = save_model(out / "model.safetensors", trained.hypergan, dataset=data.describe(),
                      training=trained.training)  # fmt: skip
-    (out / "train_log.json").write_text(json.dumps(
+    atomic_write(out / "train_log.json", json.dumps(
         {"history": result.history, "mixer_pretrain": result.mixer_pretrain, "sha256": sha},
         indent=2))  # fmt: skip
     if not quiet:
