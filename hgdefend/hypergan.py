@@ -53,6 +53,7 @@ class HyperGAN(nn.Module):
         hidden: int = 512,
         regulariser: Regulariser = "gan",
         beta: float = 1.0,
+        mixer: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (("noise_dim", noise_dim), ("code_dim", code_dim), ("hidden", hidden)):
@@ -66,7 +67,16 @@ class HyperGAN(nn.Module):
         self.noise_dim, self.code_dim, self.hidden = int(noise_dim), int(code_dim), int(hidden)
         self.regulariser, self.beta = regulariser, float(beta)
         self.groups = list(target.param_groups)
-        self.mixer = _mlp(self.noise_dim, self.hidden, len(self.groups) * self.code_dim)
+        # Without a mixer (the paper's ablation) each generator reads its own slice of the noise:
+        # the layers' codes are then independent, so noise_dim must be layers × code_dim.
+        self.use_mixer = bool(mixer)
+        n_codes = len(self.groups) * self.code_dim
+        if not self.use_mixer and self.noise_dim != n_codes:
+            raise ValueError(
+                f"noise_dim: without a mixer it must equal layers × code_dim = {n_codes}, "
+                f"got {self.noise_dim}"
+            )
+        self.mixer = _mlp(self.noise_dim, self.hidden, n_codes) if self.use_mixer else None
         self.generators = nn.ModuleList(_mlp(self.code_dim, self.hidden, g.numel) for g in self.groups)
         self.discriminator = _mlp(self.code_dim, self.hidden, 1) if regulariser == "gan" else None
         scales = [torch.full((1,), 1.0 / math.sqrt(g.fan_in())) for g in self.groups]
@@ -80,6 +90,7 @@ class HyperGAN(nn.Module):
             "hidden": self.hidden,
             "regulariser": self.regulariser,
             "beta": self.beta,
+            "mixer": self.use_mixer,
         }
 
     @property
@@ -98,7 +109,8 @@ class HyperGAN(nn.Module):
 
     def codes(self, noise: Tensor) -> Tensor:
         """Per-layer latent codes ``[K, N_layers, code_dim]``."""
-        return self.mixer(noise).view(noise.shape[0], len(self.groups), self.code_dim)
+        flat = self.mixer(noise) if self.mixer is not None else noise
+        return flat.view(noise.shape[0], len(self.groups), self.code_dim)
 
     def weights(self, codes: Tensor) -> Params:
         """Turn codes into member weights ``{name: [K, *shape]}``."""
@@ -182,6 +194,8 @@ class HyperGAN(nn.Module):
 
         Returns (steps taken, final loss); stops as soon as the loss falls under ``tol``.
         """
+        if self.mixer is None:
+            return 0, 0.0
         opt = torch.optim.Adam(self.mixer.parameters(), lr=lr, betas=(0.5, 0.9))
         loss_value = float("inf")
         step = 0

@@ -71,6 +71,12 @@ def train_model(
     lr: float | None = None,
     regulariser: str = "gan",
     beta: float = 1.0,
+    diversity: str = "none",
+    diversity_weight: float = 0.0,
+    noise_dim: int | None = None,
+    code_dim: int | None = None,
+    hidden: int | None = None,
+    mixer: bool = True,
     eval_every: int = 0,
     checkpoint_every: int = 0,
     time_budget: float | None = None,
@@ -86,6 +92,9 @@ def train_model(
     (seconds) stops training early and anneals the learning rate over it.
     """
     hp, cfg = default_recipe(data)
+    hp.update({k: v for k, v in (("noise_dim", noise_dim), ("code_dim", code_dim), ("hidden", hidden)) if v})
+    if not mixer:  # each generator reads its own slice of the noise
+        hp["noise_dim"] = len(default_spec(data).param_groups) * hp["code_dim"]
     given = {"steps": steps, "nets_per_step": nets_per_step, "batch_size": batch_size, "lr": lr}
     cfg = replace(  # validates the result (TrainConfig.__post_init__)
         cfg,
@@ -94,14 +103,16 @@ def train_model(
         checkpoint_every=checkpoint_every,
         time_budget_s=time_budget,
         seed=seed,
+        diversity=diversity,
+        diversity_weight=diversity_weight,
     )
     if checkpoint is not None:
         Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)  # the HyperGAN's initial weights
-    hg = HyperGAN(default_spec(data), regulariser=regulariser, beta=beta, **hp)
+    hg = HyperGAN(default_spec(data), regulariser=regulariser, beta=beta, mixer=mixer, **hp)
     result = Trainer(hg, data.train, cfg, val=data.calib, device=device, progress=progress,
                      checkpoint=checkpoint).fit(resume=resume)  # fmt: skip
-    recipe = {**hp, "regulariser": regulariser, "beta": beta,
+    recipe = {**hp, "regulariser": regulariser, "beta": beta, "mixer": mixer,
               **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}}  # fmt: skip
     training = {
         "steps": result.steps,

@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .data import Split
+from .diversity import check_diversity, diversity_loss
 from .ensemble import SampledEnsemble
 from .hypergan import HyperGAN, make_generator
 from .io import load_checkpoint, save_checkpoint
@@ -54,6 +55,8 @@ class TrainConfig:
     time_budget_s: float | None = None  # stop after this much training time; the schedule follows it
     seed: int = 0
     strategy: str = "auto"  # member-evaluation strategy (hgdefend.targets.parse_strategy)
+    diversity: str = "none"  # an objective from hgdefend.diversity, added with diversity_weight
+    diversity_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "nets_per_step", "batch_size"):
@@ -69,6 +72,7 @@ class TrainConfig:
         if budget is not None and not (math.isfinite(budget) and budget >= 0):
             raise HgdefendError(f"time_budget_s: expected a number of seconds >= 0, got {budget!r}")
         self.betas = tuple(self.betas)
+        self.diversity, self.diversity_weight = check_diversity(self.diversity, self.diversity_weight)
         if self.strategy != "auto":
             parse_strategy(self.strategy)  # fail at construction, naming the field
 
@@ -235,6 +239,8 @@ class Trainer:
         if hasattr(self.hg.target, "to"):
             self.hg.target.to(self.device)
         self.task = hypergan.target.task
+        if self.cfg.diversity != "none" and self.task != "classification":
+            raise HgdefendError(f"diversity: {self.cfg.diversity!r} needs a classification target")
         if len(train) == 0:
             raise HgdefendError("train: the training split is empty")
         self.x, self.y = train.x.to(self.device), train.y.to(self.device)
@@ -242,11 +248,11 @@ class Trainer:
         self.progress = progress
         self.checkpoint = Path(checkpoint) if checkpoint else None
         cfg = self.cfg
+        groups = [{"params": self.hg.generator_parameters(), "lr": cfg.lr}]
+        if self.hg.mixer is not None:
+            groups.append({"params": list(self.hg.mixer.parameters()), "lr": cfg.lr_mixer})
         self.opt_g = torch.optim.Adam(
-            [
-                {"params": self.hg.generator_parameters(), "lr": cfg.lr},
-                {"params": self.hg.mixer.parameters(), "lr": cfg.lr_mixer},
-            ],
+            groups,
             betas=cfg.betas,
             weight_decay=cfg.weight_decay,
         )
@@ -267,14 +273,19 @@ class Trainer:
         params = hg.weights(codes)
         idx = torch.randint(len(self.x), (min(cfg.batch_size, len(self.x)),), generator=g)
         idx = idx.to(self.device)
-        logits = hg.target.forward(params, self.x[idx], strategy=cfg.strategy)
-        loss = task_loss(logits, self.y[idx], self.task)
+        xb, yb = self.x[idx], self.y[idx]
+        logits = hg.target.forward(params, xb, strategy=cfg.strategy)
+        loss = task_loss(logits, yb, self.task)
         reg = hg.regulariser_loss(codes, g)
         total = loss + hg.beta * reg
+        logs = {"loss": float(loss.detach()), "reg": float(reg.detach())}
+        if cfg.diversity != "none":
+            div = diversity_loss(cfg.diversity, hg.target, params, xb, yb, logits, g, strategy=cfg.strategy)
+            total = total + cfg.diversity_weight * div
+            logs["diversity"] = float(div.detach())
         self.opt_g.zero_grad(set_to_none=True)
         total.backward()
         self.opt_g.step()
-        logs = {"loss": float(loss.detach()), "reg": float(reg.detach())}
         if hg.discriminator is not None:
             d_loss = hg.discriminator_loss(codes, g)
             self.opt_d.zero_grad(set_to_none=True)

@@ -14,3 +14,5 @@ DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cubic")
 ATTACK_NAMES = ("fgsm", "pgd")
 PROTOCOL_NAMES = ("paper", "fixed", "adaptive")
 BASELINE_NAMES = ("deep-ensemble", "mc-dropout", "single")
+DIVERSITY_OBJECTIVES = ("none", "repulsion", "offdata", "gradient")
+"""Training objectives that push sampled networks apart, beyond the paper's latent regulariser."""

@@ -27,14 +27,17 @@ def info(model: str, as_json: bool) -> None:
     loaded = load_model(model)
     hg = loaded.hypergan
     counts = {
-        "mixer": sum(p.numel() for p in hg.mixer.parameters()),
+        "mixer": sum(p.numel() for p in hg.mixer.parameters()) if hg.mixer is not None else 0,
         "generators": sum(p.numel() for p in hg.generators.parameters()),
         "discriminator": sum(p.numel() for p in hg.discriminator.parameters())
         if hg.discriminator is not None
         else 0,
         "target_network": sum(math.prod(s) for g in hg.groups for s in g.shapes.values()),
     }
-    out = {"path": loaded.path, "sha256": loaded.sha256, "parameters": counts,
+    recipe = (loaded.config.get("training") or {}).get("recipe") or {}
+    diversity = ({"objective": recipe["diversity"], "weight": recipe.get("diversity_weight")}
+                 if "diversity" in recipe else None)  # fmt: skip
+    out = {"path": loaded.path, "sha256": loaded.sha256, "parameters": counts, "diversity": diversity,
            "config": loaded.config}  # fmt: skip
     if as_json:
         click.echo(json.dumps(out, indent=2))
@@ -46,6 +49,8 @@ def info(model: str, as_json: bool) -> None:
     click.echo(f"target     {cfg['target']['name']} input {cfg['target']['input_shape']} "
                f"({counts['target_network']:,} parameters per sampled network)")  # fmt: skip
     click.echo(f"hypergan   {json.dumps(cfg['hypergan'])}")
+    click.echo("diversity  " + ("not recorded (no training recipe in the file)" if diversity is None else
+                                f"{diversity['objective']} (weight {diversity['weight']:g})"))  # fmt: skip
     click.echo(f"parameters mixer {counts['mixer']:,}, generators {counts['generators']:,}, "
                f"discriminator {counts['discriminator']:,}")  # fmt: skip
     if cfg.get("dataset"):

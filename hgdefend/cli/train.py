@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..vocab import REGULARISERS
+from ..vocab import DIVERSITY_OBJECTIVES, REGULARISERS
 from .common import CLIError, common_options, friendly_errors, set_threads
 
 
@@ -40,6 +40,23 @@ from .common import CLIError, common_options, friendly_errors, set_threads
     show_default=True,
     help="Weight of the latent-code regulariser.",
 )
+@click.option(
+    "--diversity",
+    type=click.Choice(DIVERSITY_OBJECTIVES),
+    default="none",
+    show_default=True,
+    help="Objective that pushes sampled networks apart (see hgdefend.diversity).",
+)
+@click.option(
+    "--diversity-weight",
+    type=float,
+    default=None,
+    help="Weight of --diversity [default: 1.0 with an objective, 0 without].",
+)
+@click.option("--noise-dim", type=int, default=None, help="HyperGAN noise size [default: per dataset].")
+@click.option("--code-dim", type=int, default=None, help="Per-layer code size [default: per dataset].")
+@click.option("--hidden", type=int, default=None, help="Hidden width of mixer and generators.")
+@click.option("--no-mixer", is_flag=True, help="The paper's ablation: independent noise per layer.")
 @click.option("--eval-every", type=int, default=100, show_default=True)
 @click.option("--checkpoint-every", type=int, default=100, show_default=True)
 @click.option(
@@ -53,7 +70,8 @@ from .common import CLIError, common_options, friendly_errors, set_threads
 @common_options
 @friendly_errors
 def train(dataset, data_root, download, in_classes, out_dir, steps, nets_per_step, batch_size, lr,
-          regulariser, beta, eval_every, checkpoint_every, time_budget, resume, seed, device,
+          regulariser, beta, diversity, diversity_weight, noise_dim, code_dim, hidden, no_mixer,
+          eval_every, checkpoint_every, time_budget, resume, seed, device,
           threads, quiet) -> None:  # fmt: skip
     """Train a HyperGAN on DATASET and save OUT/model.safetensors."""
     from ..data import load_data
@@ -71,6 +89,10 @@ def train(dataset, data_root, download, in_classes, out_dir, steps, nets_per_ste
     data = load_data(dataset, root=data_root, download=download, in_classes=in_classes)
     trained = train_model(data, seed=seed, device=dev, steps=steps, nets_per_step=nets_per_step,
                           batch_size=batch_size, lr=lr, regulariser=regulariser, beta=beta,
+                          diversity=diversity,
+                          diversity_weight=(1.0 if diversity != "none" else 0.0)
+                          if diversity_weight is None else diversity_weight,
+                          noise_dim=noise_dim, code_dim=code_dim, hidden=hidden, mixer=not no_mixer,
                           eval_every=eval_every, checkpoint_every=checkpoint_every,
                           time_budget=time_budget, checkpoint=ckpt, resume=resume,
                           progress=not quiet)  # fmt: skip
