@@ -228,3 +228,16 @@ def test_attackers_best_lambda_breaks_ties_by_success():
     assert attackers_best(sweep[1:])["lam"] == 0.3
     sweep[2]["missed_and_wrong"] = 0.5
     assert attackers_best(sweep)["lam"] == 1.0
+
+
+def test_transfer_rate_is_one_onto_the_source_itself_and_lower_onto_others(ens, xy):
+    from hgdefend.attacks.transfer import transfer_rate
+
+    x, y = xy
+    one = ens.member(0)
+    itself = transfer_rate(one, one, x, y, eps=0.3, steps=10)
+    assert itself["source_fooled"] > 0 and itself["transfer_rate"] == 1.0
+    others = transfer_rate(
+        one, ens._replace({n: t[1:] for n, t in ens.params.items()}), x, y, eps=0.3, steps=10
+    )
+    assert others["judges"] == ens.k - 1 and 0.0 <= others["transfer_rate"] <= 1.0

@@ -39,3 +39,18 @@ def test_attack_speed_benchmark_gives_identical_adversarials(shared_data):
     assert set(d["strategies"]) == {"auto", "grouped", "loop"}
     # identical so far; the bound leaves room for one sign flip of a near-zero gradient (2 × alpha)
     assert all(r["max_abs_diff_adv_vs_loop"] <= 0.02 for r in d["strategies"].values())
+
+
+def test_diversity_benchmark_quick_compares_methods_in_one_run():
+    d = _run("diversity.py", "--quick", "--methods", "paper,offdata:0.5,deep-ensemble,mc-dropout",
+             "--threads", "1")  # fmt: skip
+    rows = {r["method"]: r for r in d["rows"]}
+    assert list(rows) == ["paper", "offdata:0.5", "deep-ensemble", "mc-dropout"]
+    for r in rows.values():
+        assert 0 <= r["ensemble_accuracy"] <= 1 and 0 <= r["mutual_information"]["auroc"] <= 1
+        assert 0 <= r["pairwise_disagreement_ood"] <= 1
+    assert rows["offdata:0.5"]["training"]["recipe"]["diversity"] == "offdata"
+    assert rows["offdata:0.5"]["training"]["recipe"]["diversity_weight"] == 0.5
+    assert rows["mc-dropout"]["transfer"] is None and "weight_norm_rel_std_mean" in rows["paper"]
+    assert rows["deep-ensemble"]["transfer"]["judges"] == 3  # the other members of the 4
+    assert rows["paper"]["transfer"]["judges"] == 9  # a fresh sample of 10, less the source
