@@ -7,7 +7,7 @@ import json
 import click
 
 from ..vocab import SCORES
-from .common import friendly_errors, quiet_option, seed_option, set_threads, threads_option
+from .common import command_line, friendly_errors, quiet_option, seed_option, set_threads, threads_option
 
 EXIT_PARITY = 1
 
@@ -66,7 +66,23 @@ EXIT_PARITY = 1
     show_default=True,
     help="torch.onnx exporter (legacy: the deprecated TorchScript one, faster to run).",
 )
+@click.option(
+    "--kernel",
+    type=click.Choice(["grouped", "unfold", "loop"]),
+    default="grouped",
+    show_default=True,
+    help="Members in the graph: grouped convolutions, or without any (unfold: im2col + batched "
+    "matmul; loop: K plain convolutions per layer) for runtimes that handle grouped ones poorly.",
+)
 @click.option("--opset", type=int, default=18, show_default=True)
+@click.option(
+    "--report",
+    "report_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Also evaluate the written file (`evaluate --onnx`: accuracy, its baked-in threshold's "
+    "realised FPR, OOD detection) on the model's dataset and write the report into this folder.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @seed_option("Seed of the weight draw.")
 @threads_option()
@@ -86,7 +102,9 @@ def export(
     parity_batch,
     tolerance,
     exporter,
+    kernel,
     opset,
+    report_dir,
     threads,
     as_json,
     quiet,
@@ -94,8 +112,9 @@ def export(
     """Freeze K networks sampled from a model into one ONNX graph at OUT.
 
     The graph outputs per-member logits, mean probabilities, the predicted class, every detector
-    score and, with a threshold, is_adversarial. The file is kept only if onnxruntime (CPU)
-    reproduces the torch ensemble at batch 1 and N; otherwise nothing is left at OUT (exit 1).
+    score, input_valid and, with a threshold, is_adversarial (true for every invalid input). The
+    file is kept only if onnxruntime (CPU) reproduces the torch ensemble at batch 1 and N and flags
+    invalid inputs; otherwise nothing is left at OUT (exit 1). Prints the file's SHA-256.
     """
     from ..export import ParityError, export_onnx
 
@@ -116,12 +135,20 @@ def export(
             exporter=exporter,
             opset=opset,
             data_root=data_root,
+            kernel=kernel,
         )
     except ParityError as exc:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(EXIT_PARITY) from exc
+    paths = None
+    if report_dir is not None:
+        from ..evaluate import EvaluateOptions, run_evaluate
+
+        opts = EvaluateOptions(onnx=out, model=model, data_root=data_root, out=report_dir, quiet=True)
+        paths = run_evaluate(opts, command=command_line())[1]
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        click.echo(json.dumps({**result.to_dict(), "report": None if paths is None else {
+            k: str(p) for k, p in paths.items()}}, indent=2))  # fmt: skip
     elif not quiet:
         thr = (
             "no threshold (no is_adversarial output)"
@@ -130,9 +157,17 @@ def export(
         )
         click.echo(
             f"wrote {result.path} ({result.size_bytes / 1e6:.2f} MB): {result.members} networks, "
-            f"seed {result.seed}, {thr}"
+            f"seed {result.seed}, kernel {result.kernel}, {thr}"
         )
+        click.echo(f"sha256 {result.sha256} (pin it: hgdefend detect --expected-sha256 ...)")
         for row in result.parity:
+            if row["inputs"] == "invalid":
+                click.echo(
+                    f"parity invalid batch {row['batch']:>3}: NaN, ±inf, below and above the input "
+                    f"range -> input_valid mismatches {row['input_valid_mismatches']}, unflagged "
+                    f"{row['flag_mismatches']}"
+                )
+                continue
             click.echo(
                 f"parity {row['inputs']:>6} batch {row['batch']:>3}: "
                 f"max |Δp| {row['max_abs_prob_diff']:.2e}, "
@@ -145,3 +180,5 @@ def export(
                 "pass --parity-data",
                 err=True,
             )
+        if paths is not None:
+            click.echo(f"report of the exported file: {paths['html']} (also report.md, report.json)")

@@ -1,4 +1,4 @@
-"""``hgdefend info``: what a model file holds, without running it."""
+"""``hgdefend info``: what a model file or an exported ``.onnx`` file holds, without running it."""
 
 from __future__ import annotations
 
@@ -16,12 +16,19 @@ from .common import friendly_errors
     "-m",
     required=True,
     type=click.Path(dir_okay=False),
-    help="A model file from `hgdefend train` (or `evaluate`).",
+    help="A model file from `hgdefend train` (or `evaluate`), or an .onnx file from `hgdefend export`.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
 @friendly_errors
 def info(model: str, as_json: bool) -> None:
-    """Show a model file's config, SHA-256 and parameter counts."""
+    """Show a model or .onnx file's SHA-256 and config, metadata or parameter counts.
+
+    For an .onnx file: the file's SHA-256 (pin it with `detect --expected-sha256`), the embedded
+    digest, K, seed, score, threshold, inputs and outputs; an altered file is refused.
+    """
+    if model.lower().endswith(".onnx"):
+        _onnx_info(model, as_json)
+        return
     from ..io import load_model
 
     loaded = load_model(model)
@@ -57,3 +64,50 @@ def info(model: str, as_json: bool) -> None:
         click.echo(f"dataset    {json.dumps(cfg['dataset'])}")
     if cfg.get("training"):
         click.echo(f"training   {json.dumps(cfg['training'])}")
+
+
+def _onnx_info(path: str, as_json: bool) -> None:
+    from ..export.runtime import DIGEST_KEY, OUTPUT_DESCRIPTIONS, read_file
+
+    _, meta, sha = read_file(path)
+    outputs = json.loads(meta["outputs"])
+    out = {
+        "path": path,
+        "sha256": sha,
+        "content_sha256": meta[DIGEST_KEY],
+        "format": f"{meta['hgdefend_format']} v{meta['hgdefend_format_version']}",
+        "members": int(meta["members"]),
+        "seed": int(meta["seed"]) if meta.get("seed") else None,
+        "score": meta["score"],
+        "threshold": float(meta["threshold"]) if meta["threshold"] else None,
+        "target_fpr": float(meta["target_fpr"]) if meta.get("target_fpr") else None,
+        "threshold_source": meta.get("threshold_source"),
+        "input": {
+            "name": meta.get("input_name", "x"),
+            "shape": ["B", *json.loads(meta["input_shape"])],
+            "dtype": meta.get("input_dtype", "float32"),
+            "range": json.loads(meta["input_range"]),
+        },
+        "outputs": {name: OUTPUT_DESCRIPTIONS.get(name, "") for name in outputs},
+        "metadata": meta,
+    }
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    thr = "none (no is_adversarial output)" if out["threshold"] is None else (
+        f"{out['threshold']:.6g} on {out['score']} ({meta.get('threshold_source', '')})")  # fmt: skip
+    click.echo(f"onnx       {path}")
+    click.echo(f"sha256     {sha}  (pin with detect --expected-sha256)")
+    click.echo(f"digest     {DIGEST_KEY} {meta[DIGEST_KEY]} (verified: graph and metadata unchanged)")
+    tools = f"exporter {meta.get('exporter')}, kernel {meta.get('kernel')}, opset {meta.get('opset')}"
+    click.echo(f"format     {out['format']} (hgdefend {meta.get('library_version')}, {tools})")
+    click.echo(f"members    K = {out['members']}, seed {out['seed']}")
+    click.echo(f"threshold  {thr}")
+    click.echo(f"input      {out['input']['name']} {out['input']['dtype']} {out['input']['shape']} "
+               f"range {out['input']['range']}; invalid inputs: {meta.get('invalid_inputs')}")  # fmt: skip
+    click.echo(f"classes    {meta.get('class_labels')}")
+    click.echo(f"source     {meta.get('source_model_path') or '—'} ({meta.get('source_model_sha256_of')} "
+               f"sha256 {meta.get('source_model_sha256')})")  # fmt: skip
+    click.echo("outputs")
+    for name, text in out["outputs"].items():
+        click.echo(f"  {name:<26} {text}")

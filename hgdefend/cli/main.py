@@ -15,7 +15,7 @@ from .. import __version__
 COMMANDS: dict[str, str] = {
     "train": "Train a HyperGAN on DATASET and save OUT/model.safetensors.",
     "evaluate": "Evaluate a HyperGAN ensemble and write report.html, report.md and report.json.",
-    "info": "Show a model file's config, SHA-256 and parameter counts.",
+    "info": "Show a model or .onnx file's SHA-256 and config, metadata or parameter counts.",
     "export": "Freeze K networks sampled from a model into one ONNX graph at OUT.",
     "detect": "Classify and score every input with an exported ensemble; flag suspicious ones.",
 }

@@ -4,7 +4,8 @@
   ONNX graph, with hgdefend metadata.
 * :mod:`.parity` — :func:`check_parity`: onnxruntime against the torch ensemble before a file is kept.
 * :mod:`.runtime` — :class:`OnnxDetector` / :func:`run_onnx`: run an exported file (what
-  ``hgdefend detect`` needs), with the file format and its integrity check.
+  ``hgdefend detect`` needs, with numpy and onnxruntime only), with the file format, its
+  integrity digest (:func:`content_sha256`) and SHA-256 pinning.
 
 The names below are imported on first use, so ``import hgdefend.export`` loads none of the three
 modules (running a file does not need the exporter).
@@ -16,19 +17,22 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .graph import EnsembleGraph, ExportResult, export_onnx
+    from .graph import EXPORT_KERNELS, EnsembleGraph, ExportResult, export_onnx
     from .parity import ParityError, check_parity
     from .runtime import (
         OUTPUTS,
         OnnxDetector,
         OnnxFileError,
-        graph_sha256,
+        content_sha256,
+        file_sha256,
+        label_summary,
         load_inputs,
         read_metadata,
         run_onnx,
     )
 
 _MODULE_OF = {
+    "EXPORT_KERNELS": "graph",
     "EnsembleGraph": "graph",
     "ExportResult": "graph",
     "export_onnx": "graph",
@@ -37,13 +41,16 @@ _MODULE_OF = {
     "OUTPUTS": "runtime",
     "OnnxDetector": "runtime",
     "OnnxFileError": "runtime",
-    "graph_sha256": "runtime",
+    "content_sha256": "runtime",
+    "file_sha256": "runtime",
+    "label_summary": "runtime",
     "load_inputs": "runtime",
     "read_metadata": "runtime",
     "run_onnx": "runtime",
 }
 
 __all__ = [
+    "EXPORT_KERNELS",
     "OUTPUTS",
     "EnsembleGraph",
     "ExportResult",
@@ -51,8 +58,10 @@ __all__ = [
     "OnnxFileError",
     "ParityError",
     "check_parity",
+    "content_sha256",
     "export_onnx",
-    "graph_sha256",
+    "file_sha256",
+    "label_summary",
     "load_inputs",
     "read_metadata",
     "run_onnx",

@@ -1,14 +1,25 @@
 """A fixed sampled ensemble as ONE ONNX graph, checked against torch before it is kept.
 
 The graph holds K frozen weight sets as constants and runs the library's own batched member
-forward (``target.forward(..., strategy="grouped")``) followed by the score functions of
+forward (``target.forward(..., strategy=kernel)``) followed by the score functions of
 :mod:`hgdefend.detectors.scores`, so there is no second implementation of either to drift. Its
 input is ``x`` ``[B, *input_shape]`` float32 with a dynamic batch axis; its outputs are listed in
 :data:`~hgdefend.export.runtime.OUTPUTS` (``is_adversarial`` only when a threshold was baked in).
 
-The metadata written here, and the graph SHA-256 that guards it, are read back by
-:mod:`hgdefend.export.runtime`. A file is written only after onnxruntime's CPU provider reproduced
-the torch ensemble on random and real inputs at batch 1 and batch N (:mod:`hgdefend.export.parity`).
+The graph fails closed: ``input_valid`` is false for an input with any NaN, ±inf or value outside
+the declared input range, and ``is_adversarial`` is true for every such input (and for a NaN
+score), so a stack that reads only ``is_adversarial`` never passes a broken input as clean.
+
+``kernel`` picks how the members are laid out in the graph: ``"grouped"`` (default; one
+convolution per layer with one group per member), ``"unfold"`` (members folded into the batch,
+convolutions after the first as im2col + batched matmul) or ``"loop"`` (members unrolled: K plain
+convolutions per layer). The last two contain no grouped convolution, which some runtimes run
+slowly or cannot convert.
+
+The metadata written here, and the ``content_sha256`` digest over graph and metadata that guards
+it, are read back by :mod:`hgdefend.export.runtime`. A file is written only after onnxruntime's CPU
+provider reproduced the torch ensemble on random and real inputs at batch 1 and batch N, and
+flagged invalid inputs (:mod:`hgdefend.export.parity`).
 """
 
 from __future__ import annotations
@@ -38,10 +49,24 @@ from ..probabilities import mean_probs
 from ..targets import TargetSpec
 from ..validation import HgdefendError, check_fraction, check_k
 from .parity import check_parity
-from .runtime import FORMAT, FORMAT_VERSION, INPUT_NAME, OUTPUTS, graph_sha256, load_inputs
+from .runtime import (
+    DIGEST_KEY,
+    FORMAT,
+    FORMAT_VERSION,
+    INPUT_NAME,
+    OUTPUTS,
+    RANGE_SLACK,
+    _bounds,
+    content_sha256,
+    file_sha256,
+    load_inputs,
+)
 
 DEFAULT_OPSET = 18
 Exporter = Literal["dynamo", "legacy"]
+EXPORT_KERNELS = ("grouped", "unfold", "loop")
+"""How members are laid out in the graph (see the module docstring); the last two have no grouped
+convolution."""
 
 
 # --------------------------------------------------------------------------- the graph
@@ -51,8 +76,16 @@ class EnsembleGraph(nn.Module):
     Buffers (not parameters) so the exporter stores them as constant initialisers.
     """
 
-    def __init__(self, ensemble: SampledEnsemble, score: str = "entropy", threshold: float | None = None):
+    def __init__(
+        self,
+        ensemble: SampledEnsemble,
+        score: str = "entropy",
+        threshold: float | None = None,
+        kernel: str = "grouped",
+    ):
         super().__init__()
+        if kernel not in EXPORT_KERNELS:
+            raise HgdefendError(f"kernel: expected one of {EXPORT_KERNELS}, got {kernel!r}")
         if ensemble.mc_dropout:
             raise HgdefendError(
                 "ensemble: MC-dropout ensembles are stochastic and cannot be frozen into ONNX"
@@ -62,18 +95,24 @@ class EnsembleGraph(nn.Module):
         for i, name in enumerate(self.names):
             self.register_buffer(f"w{i}", ensemble.params[name].detach().float().cpu().contiguous())
         self.score = check_score_name(score)
+        self.kernel = kernel
+        lo, hi = _bounds(ensemble.value_range)  # float32 values: the comparison is exact
+        self.lo, self.hi = float(lo), float(hi)
         self.has_threshold = threshold is not None
         if threshold is not None:
             self.register_buffer("threshold", torch.tensor(float(threshold), dtype=torch.float32))
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         params = {name: getattr(self, f"w{i}") for i, name in enumerate(self.names)}
-        logits = self.target.forward(params, x, strategy="grouped")
+        logits = self.target.forward(params, x, strategy=self.kernel)
         probs = mean_probs(logits)
         scores = [SCORE_FUNCTIONS[s](logits) for s in SCORES]
-        out = [logits, probs, probs.argmax(-1), *scores]
+        # NaN compares false and ±inf lies outside the finite bounds: one test covers all three.
+        valid = ((x >= self.lo) & (x <= self.hi)).flatten(1).all(1)
+        out = [logits, probs, probs.argmax(-1), *scores, valid]
         if self.has_threshold:
-            out.append(scores[SCORES.index(self.score)] > self.threshold)
+            # not (score <= t): a NaN score is flagged too; an invalid input always is.
+            out.append(~(scores[SCORES.index(self.score)] <= self.threshold) | ~valid)
         return tuple(out)
 
 
@@ -88,8 +127,11 @@ class ExportResult:
     target_fpr: float | None
     threshold_source: str
     exporter: str
+    kernel: str
     export_seconds: float
     size_bytes: int
+    sha256: str
+    content_sha256: str
     parity: list[dict[str, Any]]
     max_abs_prob_diff: float
     metadata: dict[str, str] = field(default_factory=dict)
@@ -115,6 +157,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     data_root: str | os.PathLike | None = None,
     module: nn.Module | None = None,
+    kernel: str = "grouped",
 ) -> ExportResult:
     """Freeze K sampled networks into one ONNX file at ``out`` and prove it matches torch.
 
@@ -131,6 +174,11 @@ def export_onnx(
     ``exporter``: "dynamo" (default; torch's maintained exporter, ~4 s for the MNIST net on 2 CPU
     cores) or "legacy" (the deprecated TorchScript exporter, ~0.3 s). Both matched torch to ~1e-7
     here; dynamo is the default because the legacy path is scheduled for removal from torch.
+    ``kernel``: "grouped" (default), or "unfold" / "loop" for a graph without grouped convolutions
+    (see the module docstring); every kernel passes the same parity check.
+
+    The result carries the file's SHA-256 (``sha256``: pin it with ``expected_sha256=`` /
+    ``--expected-sha256`` where the file is used) and the embedded ``content_sha256`` digest.
     """
     if k is not None:
         k = check_k(k, "k")
@@ -141,6 +189,8 @@ def export_onnx(
     parity_batch = check_k(parity_batch, "parity_batch")
     if exporter not in ("dynamo", "legacy"):
         raise HgdefendError(f"exporter: expected 'dynamo' or 'legacy', got {exporter!r}")
+    if kernel not in EXPORT_KERNELS:
+        raise HgdefendError(f"kernel: expected one of {EXPORT_KERNELS}, got {kernel!r}")
     if threshold is not None and calibration is not None:
         raise HgdefendError("threshold: give either a threshold or calibration inputs, not both")
     if threshold is not None and not math.isfinite(float(threshold)):
@@ -172,7 +222,7 @@ def export_onnx(
     # The graph compares in float32; record exactly the value it uses.
     thr32 = None if threshold is None else float(np.float32(threshold))
 
-    graph = EnsembleGraph(ens, score, thr32).eval()
+    graph = EnsembleGraph(ens, score, thr32, kernel).eval()
     t0 = time.perf_counter()
     proto = _export(graph, ens, exporter, opset)
     export_seconds = time.perf_counter() - t0
@@ -191,8 +241,11 @@ def export_onnx(
         "input_shape": json.dumps(list(ens.target.input_shape)),
         "input_dtype": "float32",
         "input_range": json.dumps(list(ens.value_range)),
+        "input_range_slack": repr(RANGE_SLACK),
+        "invalid_inputs": "flagged",
         "num_classes": str(ens.num_classes),
         "class_labels": json.dumps(_class_labels(dataset_cfg, ens.num_classes)),
+        "dataset": json.dumps(_dataset_record(dataset_cfg), sort_keys=True),
         "score": score,
         "threshold": "" if thr32 is None else repr(thr32),
         "target_fpr": "" if fpr is None else repr(fpr),
@@ -200,14 +253,18 @@ def export_onnx(
         "n_calibration": str(n_calib),
         "outputs": json.dumps([o for o in OUTPUTS if o != "is_adversarial" or thr32 is not None]),
         "exporter": exporter,
+        "kernel": kernel,
         "opset": str(opset),
         "torch_version": torch.__version__,
     }
     del proto.metadata_props[:]
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
-    proto.metadata_props.add(key="graph_sha256", value=graph_sha256(proto))
+    digest = content_sha256(proto.SerializeToString())
+    proto.metadata_props.add(key=DIGEST_KEY, value=digest)
     data = proto.SerializeToString()
+    if content_sha256(data) != digest:  # the digest must not depend on where the entry sits
+        raise HgdefendError("export: the file's digest changed when it was recorded (protobuf bug?)")
 
     # Parity runs on the temporary file; atomic_path renames it onto out_path only when parity
     # passed and deletes it otherwise (a file already at out_path stays untouched).
@@ -233,11 +290,14 @@ def export_onnx(
         target_fpr=fpr,
         threshold_source=threshold_source,
         exporter=exporter,
+        kernel=kernel,
         export_seconds=round(export_seconds, 3),
         size_bytes=out_path.stat().st_size,
+        sha256=file_sha256(out_path),
+        content_sha256=digest,
         parity=parity,
-        max_abs_prob_diff=max(r["max_abs_prob_diff"] for r in parity),
-        metadata=meta,
+        max_abs_prob_diff=max(r["max_abs_prob_diff"] for r in parity if r["max_abs_prob_diff"] is not None),
+        metadata={**meta, DIGEST_KEY: digest},
     )
 
 
@@ -265,6 +325,12 @@ def _resolve_source(
         "source: expected a model file path, LoadedModel, HyperGAN or SampledEnsemble, "
         f"got {type(source).__name__}"
     )
+
+
+def _dataset_record(dataset_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``evaluate --onnx`` needs to load the model's data: name and in-distribution classes."""
+    keys = ("name", "classes", "num_classes_all", "split_seed")
+    return {k: dataset_cfg[k] for k in keys if k in dataset_cfg}
 
 
 def _class_labels(dataset_cfg: Mapping[str, Any], num_classes: int) -> list[int]:

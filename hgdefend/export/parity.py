@@ -37,7 +37,10 @@ def check_parity(
     Cases: random inputs in the input range and real inputs, each at batch 1 and ``batch``.
     Passing needs max |Δ probability| <= ``tolerance`` and identical argmax and flags, except where
     the torch value sits on the decision boundary within the measured numeric difference (a tie:
-    reported in ``boundary_ties``, e.g. the calibration input whose score *is* the threshold).
+    reported in ``boundary_ties``, e.g. the calibration input whose score *is* the threshold), and
+    ``input_valid`` true for every one of them. A last case ("invalid") checks that the graph fails
+    closed: inputs with a NaN, +inf, -inf, a value below or above the input range must come out
+    ``input_valid`` false and (with a threshold) ``is_adversarial`` true, a valid one valid.
     """
     det = OnnxDetector(path, device="cpu")
     lo, hi = ensemble.value_range
@@ -79,13 +82,48 @@ def check_parity(
             "argmax_mismatches": int(arg_bad.sum()),
             "flag_mismatches": int(flag_bad.sum()),
             "boundary_ties": int(arg_tie.sum() + flag_tie.sum()),
+            "input_valid_mismatches": int((~got["input_valid"]).sum()),
         }
         rows.append(row)
-        if dprob > tolerance or (arg_bad & ~arg_tie).any() or (flag_bad & ~flag_tie).any():
+        bad_flags = (flag_bad & ~flag_tie).any()
+        if dprob > tolerance or (arg_bad & ~arg_tie).any() or bad_flags or row["input_valid_mismatches"]:
             failures.append(row)
+    # The invalid inputs are edits of the least suspicious input seen, so that a flag on them comes
+    # from the validity check, not from a score that was above the threshold anyway.
+    pool = torch.cat([x for _, x in cases])
+    with torch.no_grad():
+        base = pool[int(compute_scores(ensemble.member_logits(pool))[score].argmin())]
+    row = _invalid_case(det, base, lo, hi, threshold is not None)
+    rows.append(row)
+    if row["input_valid_mismatches"] or row["flag_mismatches"]:
+        failures.append(row)
     if failures:
         raise ParityError(
             f"parity: onnxruntime disagrees with the torch ensemble (tolerance {tolerance:g} on "
-            f"probabilities, identical argmax and flags); no file was written: {failures}"
+            f"probabilities, identical argmax and flags, invalid inputs flagged); no file was written: "
+            f"{failures}"
         )
     return rows
+
+
+def _invalid_case(det: OnnxDetector, base: Tensor, lo: float, hi: float, has_flag: bool) -> dict[str, Any]:
+    """One valid input and five invalid ones (NaN, +inf, -inf, below and above the range)."""
+    x = base.numpy()[None].repeat(6, axis=0).astype(np.float32)
+    span = (hi - lo) if np.isfinite(hi - lo) else 1.0
+    for i, value in enumerate((np.nan, np.inf, -np.inf, lo - span, hi + span), start=1):
+        x[i].flat[i % x[i].size] = value
+    want_valid = np.array([True, False, False, False, False, False])
+    got = det.run(x, invalid="flag")
+    valid_bad = got["input_valid"] != want_valid
+    flag_bad = ~got["is_adversarial"][~want_valid] if has_flag else np.zeros(0, bool)
+    return {
+        "inputs": "invalid",
+        "batch": len(x),
+        "max_abs_prob_diff": None,
+        "max_abs_logit_diff": None,
+        "max_abs_score_diff": None,
+        "argmax_mismatches": 0,
+        "flag_mismatches": int(flag_bad.sum()),
+        "boundary_ties": 0,
+        "input_valid_mismatches": int(valid_bad.sum()),
+    }
