@@ -20,10 +20,12 @@ from hgdefend.export import (
     OnnxDetector,
     OnnxFileError,
     ParityError,
+    content_sha256,
     export_onnx,
+    label_summary,
     read_metadata,
 )
-from hgdefend.io import file_sha256
+from hgdefend.export.runtime import file_sha256
 from hgdefend.targets import digits_small
 from hgdefend.validation import HgdefendError
 
@@ -54,7 +56,7 @@ def small_hg():
 def test_parity_batch_1_and_7_on_digits(exported, trained_digits, digits):
     out, result = exported
     cases = {(r["inputs"], r["batch"]) for r in result.parity}
-    assert cases == {("random", 1), ("random", 7), ("real", 1), ("real", 7)}
+    assert cases == {("random", 1), ("random", 7), ("real", 1), ("real", 7), ("invalid", 6)}
     assert result.max_abs_prob_diff <= 1e-4
     # Independently of check_parity: compare with the library's torch ensemble and detector.
     ens = trained_digits.ensemble(K, seed=3)
@@ -90,7 +92,9 @@ def test_legacy_exporter_also_matches(small_hg, digits, tmp_path):
 def test_metadata_round_trip(exported, model_file, digits):
     out, result = exported
     meta = read_metadata(out)
-    assert meta == {**result.metadata, "graph_sha256": meta["graph_sha256"]}
+    assert meta == result.metadata
+    assert meta["content_sha256"] == result.content_sha256 == content_sha256(out)
+    assert result.sha256 == file_sha256(out) == OnnxDetector(out).sha256
     assert meta["source_model_sha256"] == file_sha256(model_file)
     assert meta["members"] == str(K) and meta["seed"] == "3"
     assert float(meta["target_fpr"]) == 0.05
@@ -198,6 +202,10 @@ def test_no_threshold_means_no_flag_output(small_hg, tmp_path):
     det = OnnxDetector(out)
     assert "is_adversarial" not in det.outputs
     assert det.records(np.zeros((1, 1, 8, 8), np.float32))[0]["is_adversarial"] is None
+    assert "input_valid" in det.outputs
+    assert det.run(np.full((1, 1, 8, 8), np.nan, np.float32), invalid="flag")["input_valid"].tolist() == [
+        False
+    ]
     with pytest.raises(HgdefendError, match="without a threshold"):
         det.flag(np.zeros((1, 1, 8, 8), np.float32))
 
@@ -227,6 +235,10 @@ def test_cli_export_and_detect_round_trip(model_file, digits, tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
     assert summary["members"] == 4 and summary["max_abs_prob_diff"] <= 1e-4
+    assert summary["sha256"] == file_sha256(out)
+    assert {"inputs": "invalid", "batch": 6, "input_valid_mismatches": 0, "flag_mismatches": 0}.items() <= (
+        summary["parity"][-1].items()
+    )
 
     x = digits.test.x[:9].numpy()
     np.save(tmp_path / "x.npy", x)
@@ -267,3 +279,430 @@ def test_cli_export_and_detect_round_trip(model_file, digits, tmp_path):
     res = runner.invoke(cli, ["export", "-m", str(model_file), "-k", "0", "--out", str(tmp_path / "z.onnx")])
     assert res.exit_code == 2 and "ensemble size must be an integer >= 1" in res.output
     assert not (tmp_path / "z.onnx").exists()
+
+
+# --------------------------------------------------------------------------- fail closed
+def _plain_session(path):
+    """The file as a plain onnxruntime user runs it (no hgdefend code between them)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return lambda x: dict(zip(names, sess.run(None, {"x": x}), strict=True))
+
+
+def test_invalid_inputs_fail_closed_in_plain_onnxruntime(exported, digits):
+    out, _ = exported
+    x = digits.test.x[:7].numpy().copy()
+    x[0, 0, 3, 3] = np.nan
+    x[1, 0, 0, 0] = np.inf
+    x[2, 0, 7, 7] = -np.inf
+    x[3, 0, 4, 4] = -0.01  # below the input range [0, 1]
+    x[4, 0, 2, 5] = 1.5  # above it
+    x[5] = digits.test.x[5].numpy() * 255  # the 0-255 scale of a broken pipeline
+    got = _plain_session(out)(x)
+    assert got["input_valid"].tolist() == [False] * 6 + [True]
+    assert got["is_adversarial"][:6].all()
+    # the same through the library when asked to let the graph decide, refused by default
+    det = OnnxDetector(out, device="cpu")
+    np.testing.assert_array_equal(det.run(x, invalid="flag")["is_adversarial"], got["is_adversarial"])
+    assert [r["input_valid"] for r in det.records(x, invalid="flag")] == got["input_valid"].tolist()
+    with pytest.raises(HgdefendError, match="NaN"):
+        det.run(x)
+
+
+def test_valid_inputs_at_the_range_edges_are_valid(exported):
+    out, _ = exported
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    x[1] = 1.0
+    got = _plain_session(out)(x)
+    assert got["input_valid"].all()
+
+
+# --------------------------------------------------------------------------- integrity and pinning
+def _tamper(src, dst, *, threshold_meta=None, threshold_graph=None, recompute=False, duplicate=False):
+    """Edit a file as an attacker (or a careless tool) would; ``recompute`` re-signs it with the
+    library's own public digest function."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    props = {p.key: p for p in model.metadata_props}
+    if threshold_meta is not None:
+        props["threshold"].value = repr(threshold_meta)
+    if threshold_graph is not None:
+        init = next(i for i in model.graph.initializer if i.name == "threshold")
+        init.CopyFrom(numpy_helper.from_array(np.array(threshold_graph, np.float32), "threshold"))
+    if duplicate:
+        model.metadata_props.add(key="threshold", value="9.9")
+    if recompute:
+        keep = [(p.key, p.value) for p in model.metadata_props if p.key != "content_sha256"]
+        del model.metadata_props[:]
+        for k, v in keep:
+            model.metadata_props.add(key=k, value=v)
+        digest = content_sha256(model.SerializeToString())
+        model.metadata_props.add(key="content_sha256", value=digest)
+    onnx.save(model, str(dst))
+    return dst
+
+
+TAMPERING = {
+    "metadata threshold": {"threshold_meta": 9.9},
+    "graph threshold": {"threshold_graph": 9.9},
+    "repeated metadata key": {"duplicate": True},
+}
+
+
+@pytest.mark.parametrize("edit", list(TAMPERING))
+def test_tampering_without_a_new_digest_is_refused_even_without_a_pin(exported, digits, tmp_path, edit):
+    out, _ = exported
+    bad = _tamper(out, tmp_path / "bad.onnx", **TAMPERING[edit])
+    with pytest.raises(OnnxFileError, match="integrity|repeats metadata"):
+        OnnxDetector(bad)
+    np.save(tmp_path / "x.npy", digits.test.x[:3].numpy())
+    res = CliRunner().invoke(cli, ["detect", "-m", str(bad), "--input", str(tmp_path / "x.npy")])
+    assert res.exit_code == 2 and res.output.startswith("error: onnx:"), res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("edit", ["metadata threshold", "graph threshold"])
+def test_tampering_with_a_recomputed_digest_is_refused_by_the_pin(exported, digits, tmp_path, edit):
+    out, _ = exported
+    pin = file_sha256(out)
+    bad = _tamper(out, tmp_path / "bad.onnx", recompute=True, **TAMPERING[edit])
+    # A recomputed digest passes the embedded check: that is what it cannot stop ...
+    det = OnnxDetector(bad)
+    x = digits.test.x.numpy()
+    if edit == "graph threshold":
+        assert det.flag(x).sum() == 0 < OnnxDetector(out).flag(x).sum()
+    else:
+        assert det.threshold == 9.9
+    # ... and why the file's SHA-256 is pinned where it is used.
+    with pytest.raises(OnnxFileError, match="expected_sha256"):
+        OnnxDetector(bad, expected_sha256=pin)
+    np.save(tmp_path / "x.npy", x[:3])
+    res = CliRunner().invoke(
+        cli, ["detect", "-m", str(bad), "--input", str(tmp_path / "x.npy"), "--expected-sha256", pin]
+    )
+    assert res.exit_code == 2 and res.output.startswith("error: expected_sha256:"), res.output
+    assert pin in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_expected_sha256_pins_the_file(exported, digits, tmp_path):
+    out, _ = exported
+    pin = file_sha256(out)
+    np.save(tmp_path / "x.npy", digits.test.x[:3].numpy())
+    args = ["detect", "-m", str(out), "--input", str(tmp_path / "x.npy")]
+    runner = CliRunner()
+    assert runner.invoke(cli, [*args, "--expected-sha256", pin.upper()]).exit_code == 0
+    wrong = runner.invoke(cli, [*args, "--expected-sha256", "0" * 64])
+    assert wrong.exit_code == 2 and "expected_sha256" in wrong.output and pin in wrong.output
+    assert len(wrong.output.strip().splitlines()) == 1
+    malformed = runner.invoke(cli, [*args, "--expected-sha256", "abc"])
+    assert malformed.exit_code == 2 and "64 hex digits" in malformed.output
+    assert OnnxDetector(out, expected_sha256=pin).sha256 == pin
+    with pytest.raises(OnnxFileError, match="expected_sha256"):
+        read_metadata(out, expected_sha256="f" * 64)
+
+
+def test_older_format_is_refused(exported, tmp_path):
+    out, _ = exported
+    model = onnx.load(str(out))
+    next(p for p in model.metadata_props if p.key == "hgdefend_format_version").value = "1"
+    onnx.save(model, str(tmp_path / "v1.onnx"))
+    with pytest.raises(OnnxFileError, match="format version '1'.*reads 2"):
+        OnnxDetector(tmp_path / "v1.onnx")
+
+
+def test_info_reads_an_onnx_file(exported, tmp_path):
+    out, result = exported
+    res = CliRunner().invoke(cli, ["info", "-m", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert info["sha256"] == file_sha256(out) and info["content_sha256"] == result.content_sha256
+    assert info["members"] == K and info["seed"] == 3 and info["threshold"] == result.threshold
+    assert list(info["outputs"]) == list(OUTPUTS) and "input is invalid" in info["outputs"]["is_adversarial"]
+    text = CliRunner().invoke(cli, ["info", "-m", str(out)])
+    assert text.exit_code == 0 and file_sha256(out) in text.output and "K = 10" in text.output
+    bad = _tamper(out, tmp_path / "bad.onnx", threshold_meta=9.9)
+    res = CliRunner().invoke(cli, ["info", "-m", str(bad)])
+    assert res.exit_code == 2 and "integrity" in res.output
+
+
+# --------------------------------------------------------------------------- labels, light runtime
+def test_label_summary_counts():
+    outputs = {
+        "predicted_class": np.array([0, 1, 2, 0, 1, 2]),
+        "input_valid": np.array([True, True, True, True, True, False]),
+        "is_adversarial": np.array([False, True, False, True, False, True]),
+    }
+    # class_labels [5, 6, 7]: labels are values of the classes; 9 lies outside them (OOD)
+    s = label_summary(outputs, [5, 6, 7], np.array([5, 6, 5, 5, 9, 7]))
+    assert s["inputs"] == 6 and s["invalid"] == 1 and s["flagged"] == 3
+    assert s["unknown_class"] == 1 and s["correct"] == 4 and s["accuracy"] == pytest.approx(4 / 5)
+    assert s["flag_rate_correct"] == pytest.approx(3 / 4) and s["flag_rate_wrong"] == 0.0
+    assert s["flag_rate_unknown_class"] == 0.0
+    assert s["missed_and_wrong"] == pytest.approx(2 / 6)  # index 2 (wrong) and 4 (unknown), unflagged
+    assert s["accuracy_unflagged"] == pytest.approx(1 / 2)  # unflagged with a known class: 0 (right), 2
+    with pytest.raises(HgdefendError, match="labels: expected one label per input"):
+        label_summary(outputs, [5, 6, 7], np.zeros(5, np.int64))
+
+
+def test_detect_labels_add_accuracy_and_flag_rates(exported, digits, tmp_path):
+    out, _ = exported
+    x, y = digits.test.x.numpy(), digits.test.y.numpy()
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    res = CliRunner().invoke(
+        cli,
+        ["detect", "-m", str(out), "--input", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy")],
+    )
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    got = OnnxDetector(out).run(x)
+    correct = got["predicted_class"] == y
+    assert [r["correct"] for r in rows] == correct.tolist()
+    assert [r["true_label"] for r in rows] == y.tolist()
+    flagged = got["is_adversarial"]
+    assert f"accuracy {100 * correct.mean():.1f} %" in res.stderr
+    assert f"{100 * flagged[~correct].mean():.1f} % of wrong" in res.stderr
+    np.save(tmp_path / "short.npy", y[:5])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "detect",
+            "-m",
+            str(out),
+            "--input",
+            str(tmp_path / "x.npy"),
+            "--labels",
+            str(tmp_path / "short.npy"),
+        ],
+    )
+    assert res.exit_code == 2 and "--labels: expected one label per input" in res.output
+
+
+HEAVY = ("torch", "sklearn", "scipy", "onnx")
+BLOCK_HEAVY = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {HEAVY!r}:
+            raise ImportError("blocked by the test: " + name)
+sys.meta_path.insert(0, Block())
+"""
+RUN_CLI = f"""
+from hgdefend.cli.main import cli
+try:
+    cli(sys.argv[1:], prog_name="hgdefend")
+except SystemExit as exc:
+    print("exit", exc.code, "loaded:", *(m for m in {HEAVY!r} if m in sys.modules))
+"""
+
+
+def test_detect_runs_where_torch_cannot_be_imported(exported, digits, tmp_path):
+    import subprocess
+    import sys
+
+    out, _ = exported
+    np.save(tmp_path / "x.npy", digits.test.x[:20].numpy())
+    np.save(tmp_path / "y.npy", digits.test.y[:20].numpy())
+    probe = subprocess.run(
+        [sys.executable, "-c", BLOCK_HEAVY + "import torch"], capture_output=True, text=True
+    )
+    assert "blocked by the test: torch" in probe.stderr  # the block works
+    args = ["detect", "-m", str(out), "--input", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy")]
+    args += ["--out", str(tmp_path / "r.jsonl"), "--threads", "1", "--expected-sha256", file_sha256(out)]
+    res = subprocess.run([sys.executable, "-c", BLOCK_HEAVY + RUN_CLI, *args], capture_output=True, text=True)
+    assert res.stdout.strip() == "exit 0 loaded:", res.stdout + res.stderr
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [r["predicted_class"] for r in rows] == OnnxDetector(out).run(digits.test.x[:20].numpy())[
+        "predicted_class"
+    ].tolist()
+    assert "accuracy" in res.stderr
+
+
+# --------------------------------------------------------------------------- devices
+def test_io_binding_path_matches_a_plain_run(exported, digits):
+    out, _ = exported
+    x = digits.test.x[:9].numpy()
+    plain = OnnxDetector(out, device="cpu", io_binding=False).run(x, batch_size=4)
+    bound = OnnxDetector(out, device="cpu", io_binding=True).run(x, batch_size=4)
+    for name in plain:
+        np.testing.assert_array_equal(plain[name], bound[name])
+
+
+def _cuda_detector(path):
+    try:
+        return OnnxDetector(path, device="cuda")
+    except HgdefendError as exc:
+        pytest.skip(f"no usable CUDA provider here: {exc}")
+
+
+def test_cuda_device_matches_cpu(exported, digits):
+    out, _ = exported
+    det = _cuda_detector(out)
+    assert det.providers[0] == "CUDAExecutionProvider" and det.io_binding and det.device == "cuda:0"
+    x = digits.test.x.numpy()
+    ref = OnnxDetector(out, device="cpu").run(x)
+    got = det.run(x)
+    assert np.abs(got["probabilities"] - ref["probabilities"]).max() <= 1e-4
+    np.testing.assert_array_equal(got["input_valid"], ref["input_valid"])
+
+
+def test_cuda_request_without_a_gpu_is_a_clear_error(exported):
+    import onnxruntime as ort
+
+    from hgdefend.export.runtime import _gpu_present
+
+    if "CUDAExecutionProvider" in ort.get_available_providers() and _gpu_present():
+        pytest.skip("a GPU is visible: test_cuda_device_matches_cpu covers this machine")
+    with pytest.raises(HgdefendError, match="device: 'cuda' requested"):
+        OnnxDetector(exported[0], device="cuda")
+    with pytest.raises(HgdefendError, match="device: expected"):
+        OnnxDetector(exported[0], device="gpu")
+
+
+# --------------------------------------------------------------------------- no grouped convolutions
+@pytest.mark.parametrize("kernel", ["unfold", "loop"])
+def test_export_without_grouped_convolutions(small_hg, digits, tmp_path, kernel):
+    export_onnx(small_hg, 3, tmp_path / "grouped.onnx", seed=1, threshold=1.0, parity_inputs=digits.test.x)
+    res = export_onnx(
+        small_hg, 3, tmp_path / "e.onnx", seed=1, threshold=1.0, parity_inputs=digits.test.x, kernel=kernel
+    )
+    assert res.kernel == kernel and read_metadata(tmp_path / "e.onnx")["kernel"] == kernel
+    assert res.max_abs_prob_diff <= 1e-4 and {r["inputs"] for r in res.parity} == {
+        "random",
+        "real",
+        "invalid",
+    }
+    model = onnx.load(str(tmp_path / "e.onnx"))
+    groups = [a.i for n in model.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"]
+    assert all(g == 1 for g in groups)
+    ref_groups = onnx.load(str(tmp_path / "grouped.onnx")).graph.node
+    assert any(a.i > 1 for n in ref_groups if n.op_type == "Conv" for a in n.attribute if a.name == "group")
+    x = digits.test.x.numpy()
+    a, b = OnnxDetector(tmp_path / "grouped.onnx").run(x), OnnxDetector(tmp_path / "e.onnx").run(x)
+    assert np.abs(a["member_logits"] - b["member_logits"]).max() <= 1e-4
+    with pytest.raises(HgdefendError, match="kernel: expected one of"):
+        export_onnx(small_hg, 3, tmp_path / "z.onnx", kernel="vmap")
+
+
+# --------------------------------------------------------------------------- evaluate what ships
+@pytest.fixture(scope="module")
+def five_classes(tmp_path_factory):
+    """A model trained on digits 0-4 (5-9 held out as OOD), exported beside its model file."""
+    from hgdefend.recipes import train_model
+
+    five = load_data("digits", in_classes="0-4")
+    trained = train_model(five, seed=0, device="cpu", steps=150, progress=False)
+    folder = tmp_path_factory.mktemp("five")
+    model = folder / "model.safetensors"
+    save_model(model, trained.hypergan, dataset=five.describe(), training=trained.training)
+    out = folder / "e.onnx"
+    export_onnx(model, 6, out, seed=2, calibration="digits", exporter="legacy")
+    return five, trained.hypergan, model, out
+
+
+def test_evaluate_onnx_equals_the_torch_ensemble(five_classes, tmp_path):
+    from hgdefend.detectors.metrics import binomial_ci, detection_metrics
+    from hgdefend.evaluate import EvaluateOptions, run_evaluate
+    from hgdefend.probabilities import predict
+
+    five, hg, _, out = five_classes
+    report, paths = run_evaluate(EvaluateOptions(onnx=str(out), out=str(tmp_path / "r"), quiet=True))
+    # the torch ensemble with the same members and the same threshold
+    ens, thr = hg.ensemble(6, seed=2), OnnxDetector(out).threshold
+    with torch.no_grad():
+        test_logits, ood_logits = ens.member_logits(five.test.x), ens.member_logits(five.ood.x)
+    s_test = compute_scores(test_logits)["entropy"].numpy().astype(np.float64)
+    s_ood = compute_scores(ood_logits)["entropy"].numpy().astype(np.float64)
+    flags = s_test > thr
+    wrong = (predict(test_logits) != five.test.y).numpy()
+    ref = detection_metrics(s_test, s_ood, thr, target_fpr=0.05, clean_wrong=wrong, seed=0)
+
+    t, r = report["detection"]["thresholds"][0], report["detection"]["rows"][0]
+    assert t["threshold"] == thr and t["n_test"] == len(five.test) == flags.size
+    assert t["realised_fpr"] == flags.mean()
+    assert t["realised_fpr_ci"] == binomial_ci(int(flags.sum()), flags.size)
+    assert r["ood"] == "digits held-out classes" and r["score"] == "entropy"
+    assert r["auroc"] == pytest.approx(ref["auroc"], abs=1e-12)
+    assert r["auroc_ci"] == pytest.approx(ref["auroc_ci"], abs=1e-12)
+    assert r["tpr_at_threshold"] == ref["tpr_at_threshold"] == r["flagged_by_graph"]
+    assert r["tpr_exact_ci"] == ref["tpr_exact_ci"] and r["flag_disagreements"] == 0
+    assert report["accuracy"]["ensembles"]["6"] == pytest.approx(1 - wrong.mean(), abs=1e-6)
+    assert report["model"]["onnx_sha256"] == file_sha256(out) == report["meta"]["onnx_sha256"]
+    assert "exported file's entropy threshold" in report["summary"]["lines"][1]
+    assert "attacks" not in report and "transfer" not in report and "diversity" not in report
+    assert "Transfer" not in paths["markdown"].read_text()
+
+
+def test_evaluate_onnx_transfer_attacks_are_scored_by_the_graph(five_classes, tmp_path):
+    from hgdefend.attacks import FGSM
+    from hgdefend.evaluate import EvaluateOptions, run_evaluate
+
+    five, hg, _, out = five_classes
+    opts = EvaluateOptions(onnx=str(out), out=str(tmp_path / "r"), quiet=True, attacks="fgsm", eps="0.2",
+                           protocols="fixed", attack_inputs=20, attack_bootstrap=0)  # fmt: skip
+    report, _ = run_evaluate(opts)
+    sec = report["transfer"]
+    assert sec["same_weights_max_abs_logit_diff"] <= 1e-3
+    rows = {r["crafted_on"]: r for r in sec["rows"]}
+    assert set(rows) == {"exported networks", "fresh sample (seed 3)"}
+    x, y = five.test.x[:20], five.test.y[:20]
+    x_adv = FGSM(hg.ensemble(6, seed=2), 0.2)(x, y)
+    got = OnnxDetector(out).run(x_adv.numpy())
+    wrong = got["predicted_class"] != y.numpy()
+    row = rows["exported networks"]
+    assert row["onnx_accuracy"] == pytest.approx(1 - wrong.mean())
+    assert row["tpr_at_threshold"] == pytest.approx(got["is_adversarial"].mean())
+    assert row["missed_and_wrong"] == pytest.approx((wrong & ~got["is_adversarial"]).mean())
+    assert sec["sanity"]["passed"] and len(sec["gate_rows"]) == 2
+
+
+def test_evaluate_onnx_without_its_source_model(five_classes, model_file, tmp_path):
+    from hgdefend.evaluate import EvaluateOptions, run_evaluate
+
+    _, _, _, out = five_classes
+    alone = tmp_path / "alone.onnx"
+    alone.write_bytes(out.read_bytes())
+    args = ["evaluate", "--onnx", str(alone), "--attacks", "fgsm", "--eps", "0.2", "--attack-inputs", "10"]
+    res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "r"), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["transfer"]["skipped"].startswith("No transfer attacks: the source model is not found")
+    assert report["model"]["source_model"].startswith("not found")
+    assert any(line.startswith("Attacks: No transfer attacks") for line in report["summary"]["lines"])
+    assert "detection" in report and report["detection"]["thresholds"]
+    with pytest.raises(HgdefendError, match="model: .* was exported from a model file with SHA-256"):
+        run_evaluate(EvaluateOptions(onnx=str(out), model=str(model_file), out=str(tmp_path / "r2")))
+
+
+def test_export_report_describes_the_exported_file(five_classes, tmp_path):
+    _, _, model, _ = five_classes
+    out = tmp_path / "x.onnx"
+    res = CliRunner().invoke(cli, ["export", "-m", str(model), "-k", "3", "--seed", "5", "--out", str(out),
+                                   "--threshold-from", "digits", "--exporter", "legacy", "--report",
+                                   str(tmp_path / "rep"), "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.output)
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["model"]["onnx_sha256"] == result["sha256"] == file_sha256(out)
+    assert report["model"]["members"] == 3 and report["model"]["seed"] == 5
+    assert report["detection"]["thresholds"][0]["threshold"] == result["threshold"]
+    assert (tmp_path / "rep" / "report.html").is_file()
+
+
+def test_parity_refuses_a_graph_that_fails_open(small_hg, digits, tmp_path, monkeypatch):
+    forward = EnsembleGraph.forward
+
+    def fail_open(self, x):  # flags only by score, as format version 1 did
+        *rest, valid, flag = forward(self, x)
+        return (*rest, valid, flag & valid)
+
+    monkeypatch.setattr(EnsembleGraph, "forward", fail_open)
+    # threshold above log(10): no input is flagged by its score, so only the validity check flags
+    with pytest.raises(ParityError, match="'inputs': 'invalid'"):
+        export_onnx(
+            small_hg, 2, tmp_path / "e.onnx", threshold=3.0, exporter="legacy", parity_inputs=digits.test.x
+        )
+    assert not (tmp_path / "e.onnx").exists()

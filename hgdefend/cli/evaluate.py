@@ -16,7 +16,18 @@ from .common import command_line, common_options, friendly_errors, set_threads
     "-m",
     default=None,
     type=click.Path(dir_okay=False),
-    help="A model file from 'hgdefend train'; without it a small HyperGAN is trained.",
+    help="A model file from 'hgdefend train'; without it a small HyperGAN is trained. With --onnx: "
+    "the file's source model, for transfer attacks [default: the file named in its metadata, "
+    "beside it].",
+)
+@click.option(
+    "--onnx",
+    "onnx_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Evaluate this exported .onnx file as it ships: its members, its baked-in threshold and "
+    "flag (accuracy, realised FPR, OOD detection; with --attacks, transfer attacks from the source "
+    "model). --members and --train-steps are not used.",
 )
 @click.option(
     "--dataset",
@@ -72,6 +83,7 @@ from .common import command_line, common_options, friendly_errors, set_threads
 @friendly_errors
 def evaluate(
     model,
+    onnx_path,
     dataset,
     data_root,
     download,
@@ -119,6 +131,7 @@ def evaluate(
         attack_inputs=attack_inputs,
         attack_steps=attack_steps,
         model=model,
+        onnx=onnx_path,
         out=out,
         seed=seed,
         device=None if device == "auto" else device,

@@ -20,7 +20,7 @@ ECE_BINS = 15
 # --------------------------------------------------------------------------- accuracy
 def accuracy_section(ctx: EvalContext) -> dict[str, Any]:
     """Single sampled networks (mean/min/max) and ensembles of several sizes, from one scored pass."""
-    logits = ctx.scored.logits("fixed", "test")
+    logits = ctx.scored.logits(ctx.primary, "test")
     y = ctx.data.test.y.to(logits.device)
     if ctx.data.task == "regression":
         pred = logits.squeeze(-1)
@@ -101,9 +101,9 @@ def calibration_section(ctx: EvalContext) -> dict[str, Any] | None:
     """ECE and a reliability diagram for the ensemble and for single sampled networks."""
     if ctx.data.task != "classification":
         return None
-    logits = ctx.scored.logits("fixed", "test")
+    logits = ctx.scored.logits(ctx.primary, "test")
     y = ctx.data.test.y.cpu().numpy()
-    ens_probs = ctx.scored.prediction("fixed", "test").probs.cpu().numpy().astype(np.float64)
+    ens_probs = ctx.scored.prediction(ctx.primary, "test").probs.cpu().numpy().astype(np.float64)
     member_probs = torch.softmax(logits, -1).cpu().numpy().astype(np.float64)  # [K, B, C]
     member_ece = np.array([expected_calibration_error(p, y) for p in member_probs])
     pooled = member_probs.reshape(-1, member_probs.shape[-1])

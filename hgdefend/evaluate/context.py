@@ -4,6 +4,10 @@ The cache is why ``evaluate`` runs each ensemble over each split once: member lo
 are computed on first use and kept; predictions and all four scores are derived from them. The
 fixed ensemble (``seed``) and the fresh one (``seed + 1``, the paper's "test with new networks")
 are each sampled once, here.
+
+An exported ONNX file is evaluated through the same cache (``evaluate --onnx``): it is registered
+as a graph-backed ensemble whose every output is computed once per split by onnxruntime; its member
+logits, scores, flags and validity are read from those outputs (see :mod:`.exported`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ..detectors.scores import compute_scores
 from ..ensemble import SampledEnsemble
 from ..hypergan import HyperGAN
 from ..probabilities import EnsemblePrediction, ensemble_prediction
+from ..vocab import SCORES
 from .options import AttackOptions, EvaluateOptions
 from .progress import bar
 
@@ -43,8 +48,11 @@ class ScoredSplits:
         self._logits: dict[tuple[str, str], Tensor] = {}
         self._pred: dict[tuple[str, str], EnsemblePrediction] = {}
         self._scores: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        self._outputs: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
-    def add_ensemble(self, name: str, ensemble: SampledEnsemble) -> None:
+    def add_ensemble(self, name: str, ensemble: Any) -> None:
+        """A :class:`SampledEnsemble`, or a graph-backed one (``graph_outputs(x)`` → every output
+        of an exported file, ``member_logits`` among them)."""
         if name in self.ensembles and self.ensembles[name] is not ensemble:
             raise ValueError(f"ensemble {name!r} is already registered with other networks")
         self.ensembles[name] = ensemble
@@ -67,6 +75,12 @@ class ScoredSplits:
         with bar(sum(len(self.splits[s]) for _, s in todo), "scoring", self.progress) as b:
             for ens_name, split_name in todo:
                 ens, x = self.ensembles[ens_name], self.splits[split_name].x
+                if hasattr(ens, "graph_outputs"):
+                    out = ens.graph_outputs(x)
+                    self._outputs[(ens_name, split_name)] = out
+                    self._logits[(ens_name, split_name)] = torch.from_numpy(out["member_logits"])
+                    b.update(len(x))
+                    continue
                 parts = []
                 for i in range(0, len(x), self.batch_size):
                     parts.append(ens.member_logits(x[i : i + self.batch_size]))
@@ -80,25 +94,43 @@ class ScoredSplits:
         return self._pred[key]
 
     def scores(self, ensemble: str, split: str) -> dict[str, np.ndarray]:
-        """All four detector scores (float64 numpy, higher = more suspicious)."""
+        """All four detector scores (float64 numpy, higher = more suspicious); a graph-backed
+        ensemble's are the graph's own score outputs."""
         key = (ensemble, split)
         if key not in self._scores:
-            self._scores[key] = {
-                k: v.cpu().numpy().astype(np.float64)
-                for k, v in compute_scores(self.logits(ensemble, split)).items()
-            }
+            logits = self.logits(ensemble, split)
+            if key in self._outputs:
+                out = self._outputs[key]
+                self._scores[key] = {s: out[f"score_{s}"].astype(np.float64) for s in SCORES}
+            else:
+                self._scores[key] = {
+                    k: v.cpu().numpy().astype(np.float64) for k, v in compute_scores(logits).items()
+                }
         return self._scores[key]
+
+    def outputs(self, ensemble: str, split: str) -> dict[str, np.ndarray]:
+        """Every output of a graph-backed ensemble on a split (flags, validity, ...)."""
+        self.logits(ensemble, split)
+        if (ensemble, split) not in self._outputs:
+            raise ValueError(f"ensemble {ensemble!r} is not graph-backed: it has no graph outputs")
+        return self._outputs[(ensemble, split)]
 
 
 @dataclass
 class EvalContext:
-    """What every report section can read."""
+    """What every report section can read.
+
+    ``primary`` names the evaluated ensemble in the cache: ``"fixed"`` (a sampled ensemble) or
+    ``"onnx"`` (an exported file, described by ``onnx``). With an exported file, ``hypergan``,
+    ``ensemble`` (the exported networks resampled from the source model) and ``fresh`` are there
+    only when the source model file was found; sections that need them check.
+    """
 
     options: EvaluateOptions
     data: DataSplits
-    hypergan: HyperGAN
-    ensemble: SampledEnsemble
-    fresh: SampledEnsemble
+    hypergan: HyperGAN | None
+    ensemble: SampledEnsemble | None
+    fresh: SampledEnsemble | None
     device: torch.device
     out_dir: Path
     model: dict[str, Any] = field(default_factory=dict)
@@ -107,6 +139,8 @@ class EvalContext:
     attack: AttackOptions | None = None
     progress: bool = False
     scored: ScoredSplits = field(default_factory=ScoredSplits)
+    onnx: Any = None  # an exported.OnnxSource with ``evaluate --onnx``
+    primary: str = "fixed"
 
     @classmethod
     def build(

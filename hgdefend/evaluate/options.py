@@ -8,6 +8,7 @@ not after minutes of training.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -118,6 +119,7 @@ class EvaluateOptions:
     in_classes: str | None = "auto"
     ood: str | None = None
     model: str | None = None
+    onnx: str | None = None  # an exported .onnx file to evaluate (``model``: its source, optional)
     out: str = "hgdefend-report"
     seed: int = 0
     device: str | None = None
@@ -202,5 +204,13 @@ class EvaluateOptions:
             )
         if not math.isfinite(float(self.beta)) or float(self.beta) < 0:
             raise HgdefendError(f"beta: expected a finite number >= 0, got {self.beta!r}")
-        self.attack_options()
+        attack = self.attack_options()
+        if self.onnx is not None:
+            if not isinstance(self.onnx, (str, os.PathLike)) or not str(self.onnx):
+                raise HgdefendError(f"onnx: expected the path of an .onnx file, got {self.onnx!r}")
+            if attack is not None and attack.baselines:
+                raise HgdefendError(
+                    "baselines: not available with onnx (an exported file is scored against transfer "
+                    "attacks from its source model; evaluate the model file to compare baselines)"
+                )
         return replace(self)

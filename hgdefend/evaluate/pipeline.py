@@ -3,6 +3,11 @@
 Each :class:`Section` computes its part of the report and renders it; the list below is both the
 order of computation and the order of the report (the summary, built last from the sections, is
 shown first). The CLI only parses flags into :class:`~.options.EvaluateOptions`.
+
+The source is a model file (or a model trained now) or, with ``onnx``, an exported file
+(:mod:`.exported`): the same sections run on either context; those that do not apply to a source
+return None, and the exported file has its own detection section (its baked-in threshold) and a
+transfer-attack section in place of the attack suite.
 """
 
 from __future__ import annotations
@@ -35,6 +40,13 @@ from .accuracy import (
 from .attacks import attacks_section, render_attacks
 from .context import EvalContext
 from .detection import detection_section, render_detection
+from .exported import (
+    onnx_context,
+    onnx_detection_section,
+    render_onnx_detection,
+    render_transfer,
+    transfer_section,
+)
 from .gate import apply_gate, parse_fail_under, render_gate
 from .options import EvaluateOptions
 from .progress import progress_enabled
@@ -60,19 +72,28 @@ SECTIONS: tuple[Section, ...] = (
     Section("accuracy", "Clean accuracy", lambda ctx, _: accuracy_section(ctx), render_accuracy),
     Section("calibration", "Calibration", lambda ctx, _: calibration_section(ctx), render_calibration),
     Section(
-        "diversity", "Diversity of sampled networks", lambda ctx, _: diversity_section(ctx), render_diversity
+        "diversity",
+        "Diversity of sampled networks",
+        lambda ctx, _: None if ctx.onnx is not None else diversity_section(ctx),
+        render_diversity,
     ),
     Section(
         "detection",
         "Detection (threshold at a target FPR; OOD)",
-        lambda ctx, _: detection_section(ctx),
-        render_detection,
+        lambda ctx, _: onnx_detection_section(ctx) if ctx.onnx is not None else detection_section(ctx),
+        lambda sec: render_onnx_detection(sec) if sec.get("source") == "onnx" else render_detection(sec),
     ),
     Section(
         "attacks",
         "Attacks (paper protocol, fixed budget, adaptive)",
-        lambda ctx, _: attacks_section(ctx),
+        lambda ctx, _: None if ctx.onnx is not None else attacks_section(ctx),
         render_attacks,
+    ),
+    Section(
+        "transfer",
+        "Transfer attacks on the exported file",
+        lambda ctx, _: transfer_section(ctx),
+        render_transfer,
     ),
     Section("gate", "Gate", lambda ctx, report: _gate(ctx, report), render_gate),
 )
@@ -174,6 +195,30 @@ def run_evaluate(opts: EvaluateOptions, command: str | None = None) -> tuple[dic
     parse_fail_under(opts.fail_under)  # bad syntax fails before any training
     progress = progress_enabled(opts.quiet, opts.progress)
     device = resolve_device(opts.device)
+    if opts.onnx is not None:
+        ctx, head = onnx_context(opts, device, progress, command)
+    else:
+        ctx, head = _model_context(opts, device, progress, command)
+    report: dict[str, Any] = {"title": head["title"], "summary": {}, "findings": [], "meta": head["meta"]}
+    for section in SECTIONS:
+        result = section.compute(ctx, report)
+        if result is None:
+            continue
+        report[section.key] = result
+        for finding in result.get("findings", []) if isinstance(result, dict) else []:
+            if finding not in report["findings"]:
+                report["findings"].append(finding)
+    report["summary"] = summarise(report)
+    report["meta"]["seconds"] = round(time.perf_counter() - t0, 2)
+    md = render_markdown(report, SECTIONS)
+    html = render_html(md, ctx.out_dir, title=f"hgdefend report — {report['title']}")
+    return report, write_report(ctx.out_dir, report, md, html)
+
+
+def _model_context(
+    opts: EvaluateOptions, device: torch.device, progress: bool, command: str | None
+) -> tuple[EvalContext, dict[str, Any]]:
+    """The context of a model file (or of the model trained now), and the report's title and meta."""
     pre = load_model(opts.model, device=device) if opts.model else None
     dataset = _dataset_name(opts, pre)
     data = load_data(
@@ -199,22 +244,7 @@ def run_evaluate(opts: EvaluateOptions, command: str | None = None) -> tuple[dic
         opts, data, hg, device=device, ood_sets=oods, model=model, training=training, progress=progress
     )
     held = f" (classes {data.classes} in-distribution, the rest held out as OOD)" if data.ood else ""
-    report: dict[str, Any] = {
+    return ctx, {
         "title": f"{data.name}{held}, {opts.members}-network HyperGAN ensemble",
-        "summary": {},
-        "findings": [],
         "meta": environment(seed=opts.seed, device=device, model_sha256=loaded.sha256, command=command),
     }
-    for section in SECTIONS:
-        result = section.compute(ctx, report)
-        if result is None:
-            continue
-        report[section.key] = result
-        for finding in result.get("findings", []) if isinstance(result, dict) else []:
-            if finding not in report["findings"]:
-                report["findings"].append(finding)
-    report["summary"] = summarise(report)
-    report["meta"]["seconds"] = round(time.perf_counter() - t0, 2)
-    md = render_markdown(report, SECTIONS)
-    html = render_html(md, ctx.out_dir, title=f"hgdefend report — {report['title']}")
-    return report, write_report(ctx.out_dir, report, md, html)

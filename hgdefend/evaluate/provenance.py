@@ -10,6 +10,8 @@ from .formatting import fmt, pct, table
 
 
 def model_section(ctx: EvalContext) -> dict[str, Any]:
+    if ctx.onnx is not None:  # an exported file: what the file says about itself (ctx.model)
+        return dict(ctx.model)
     return {
         **ctx.model,
         "ensemble_members": ctx.ensemble.k,

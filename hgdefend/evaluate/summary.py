@@ -10,6 +10,7 @@ from typing import Any
 
 from .attacks import EVADES_MISSED, PROTOCOL_LABELS
 from .detection import POOR_AUROC
+from .exported import worst_transfer
 from .formatting import pct, pct_ci
 
 
@@ -42,28 +43,41 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
     det = report.get("detection")
     weak: list[str] = []
     if det:
+        primary = det.get("primary_ensemble", "fixed")
         prim = next(
-            t for t in det["thresholds"] if t["score"] == det["primary_score"] and t["ensemble"] == "fixed"
+            (t for t in det["thresholds"] if t["score"] == det["primary_score"] and t["ensemble"] == primary),
+            None,
         )
         op = {
-            "score": prim["score"],
-            "threshold": prim["threshold"],
+            "score": det["primary_score"],
+            "threshold": None if prim is None else prim["threshold"],
             "target_fpr": det["target_fpr"],
-            "realised_fpr": prim["realised_fpr"],
-            "realised_fpr_ci": prim.get("realised_fpr_ci"),
+            "realised_fpr": None if prim is None else prim["realised_fpr"],
+            "realised_fpr_ci": None if prim is None else prim.get("realised_fpr_ci"),
             "ood": [],
         }
-        text = (
-            f"Operating point: the {prim['score']} threshold is set to flag {_one_in(det['target_fpr'])} "
-            f"clean inputs; on {prim['n_test']:,} held-out clean inputs it flagged "
-            f"{pct_ci(prim['realised_fpr'], prim.get('realised_fpr_ci'))}."
-        )
+        exported = "the exported file's " if primary == "onnx" else "the "
+        if prim is None:
+            text = f"Operating point: none ({exported}{det['primary_score']} score has no threshold)."
+        else:
+            aim = (
+                f"set to flag {_one_in(det['target_fpr'])} clean inputs"
+                if det.get("target_fpr_from", "export") == "export"
+                else f"given at export ({prim['threshold']:.4g}, no target FPR recorded)"
+            )
+            flagged = pct_ci(prim["realised_fpr"], prim.get("realised_fpr_ci"))
+            text = (
+                f"Operating point: {exported}{prim['score']} threshold is {aim}; on {prim['n_test']:,} "
+                f"held-out clean inputs it flagged {flagged}."
+            )
         for r in det["rows"]:
-            if r["score"] == det["primary_score"] and r["ensemble"] == "fixed":
+            if r["score"] == det["primary_score"] and r["ensemble"] == primary:
                 op["ood"].append({"name": r["ood"], "tpr": r["tpr_at_threshold"], "auroc": r["auroc"]})
                 text += (
                     f" It flags {pct_ci(r['tpr_at_threshold'], r.get('tpr_exact_ci'))} of {r['ood']} "
                     f"(AUROC {r['auroc']:.3f})."
+                    if r["tpr_at_threshold"] is not None
+                    else f" AUROC on {r['ood']}: {r['auroc']:.3f}."
                 )
                 if r["auroc"] < POOR_AUROC:
                     weak.append(r["ood"])
@@ -71,7 +85,23 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         lines.append(text)
     att = report.get("attacks")
     worst = _worst_attack(att) if att else None
-    if att is None:
+    transfer = report.get("transfer")
+    worst_tr = worst_transfer(transfer)
+    if transfer is not None:
+        out["worst_transfer"] = None
+        if transfer.get("skipped"):
+            lines.append(f"Attacks: {transfer['skipped']}")
+        elif worst_tr is not None:
+            out["worst_transfer"] = {k: worst_tr[k] for k in ("attack", "protocol", "eps", "crafted_on",
+                                                               "missed_and_wrong", "auroc")}  # fmt: skip
+            lines.append(
+                f"Worst transfer attack: {PROTOCOL_LABELS[worst_tr['protocol']].lower()} "
+                f"{worst_tr['attack'].upper()} at eps {worst_tr['eps']:g} crafted on the "
+                f"{worst_tr['crafted_on']}: "
+                f"{pct(worst_tr['missed_and_wrong'])} of attacked inputs misclassified by the exported file "
+                f"and not flagged (AUROC {worst_tr['auroc']:.3f})."
+            )
+    if att is None and transfer is None:
         out["worst_finding"] = None
         lines.append(
             "Attacks: none were run (pass --attacks fgsm,pgd): this report says nothing about "
@@ -98,14 +128,22 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
             "an attacker who knows the networks gets through at this budget: treat the flag as a "
             "filter for accidents and unfamiliar inputs, not as a defence against white-box attacks"
         )
+    if worst_tr is not None and worst_tr["missed_and_wrong"] >= EVADES_MISSED:
+        follows.append(
+            "an attacker with the source model file gets through the exported file at this budget: "
+            "keep the model file and the seed as private as the ONNX file"
+        )
     if weak:
         follows.append(f"do not rely on the detector for {', '.join(weak)} (AUROC below {POOR_AUROC:g})")
     if att is not None and att.get("sanity") and not att["sanity"]["passed"]:
         follows.append("the attack sanity check failed, so the attack numbers cannot be trusted")
+    if transfer is not None and not transfer.get("skipped") and not transfer["sanity"]["passed"]:
+        follows.append("the attack sanity check failed, so the transfer numbers cannot be trusted")
     if not follows:
+        measured = att is not None or (transfer is not None and not transfer.get("skipped"))
         follows.append(
             "within what was measured the detector held at its operating point"
-            + ("; robustness to adversarial inputs was not measured" if att is None else "")
+            + ("" if measured else "; robustness to adversarial inputs was not measured")
         )
     out["conclusion"] = "What follows: " + "; ".join(follows) + "."
     lines.append(out["conclusion"])
