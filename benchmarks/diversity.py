@@ -10,6 +10,7 @@ share of fresh sampled networks fooled by a PGD example crafted against one samp
 
     python benchmarks/diversity.py --budget 240 --threads 1 --out benchmarks/results/diversity.json
     python benchmarks/diversity.py --quick          # digits, a few steps: what the test suite runs
+    python benchmarks/diversity.py --table RESULT.json   # the RESULTS.md table of a run
 
 Methods: ``paper`` (GAN regulariser, β = 1), ``mmd``, ``nomixer``, ``beta:W``, ``repulsion[:W]``,
 ``offdata[:W]``, ``gradient[:W]`` (objective weight W, default 1), ``deep-ensemble``, ``mc-dropout``.
@@ -158,7 +159,42 @@ def evaluate(ens: SampledEnsemble, judges: SampledEnsemble | None, data, ood, ar
     return out
 
 
+def markdown_table(result: dict) -> str:
+    """The RESULTS.md table for one run's JSON (``--table FILE``)."""
+
+    def auroc(m: dict) -> str:
+        return f"{m['auroc']:.4f} [{m['auroc_ci'][0]:.4f}, {m['auroc_ci'][1]:.4f}]"
+
+    head = (
+        "| protocol | method | steps | ensemble acc | single acc (mean) | entropy AUROC | MI AUROC | "
+        "weight-norm rel. std | disagreement clean / OOD | transfer |"
+    )
+    lines = [head, "|" + " --- |" * 10]
+    for r in result["rows"]:
+        t = r.get("transfer") or {}
+        rate, rel = t.get("transfer_rate"), r.get("weight_norm_rel_std_mean")
+        cells = [
+            r["protocol"],
+            r["method"],
+            str(r["training"].get("steps", "—")),
+            f"{100 * r['ensemble_accuracy']:.2f} %",
+            f"{100 * r['single_network_accuracy_mean']:.2f} %",
+            auroc(r["entropy"]),
+            auroc(r["mutual_information"]),
+            "—" if rel is None else f"{100 * rel:.1f} %",
+            f"{100 * r['pairwise_disagreement_clean']:.2f} % / {100 * r['pairwise_disagreement_ood']:.2f} %",
+            "n/a"
+            if rate is None
+            else f"{100 * rate:.1f} % ({t['source_fooled']} inputs, {t['judges']} nets)",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--table":
+        print(markdown_table(json.loads(Path(sys.argv[2]).read_text())))
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", default=str(DEFAULT_ROOT))
     p.add_argument("--methods", default="paper,repulsion,offdata,gradient,deep-ensemble,mc-dropout")
