@@ -34,7 +34,7 @@ from ..io import LoadedModel, load_model
 from .attacks import EVADES_MISSED, PROTOCOL_LABELS, _make_attack, _predict, attackers_best, sanity_check
 from .context import SCORING_BATCH, EvalContext, ScoredSplits
 from .formatting import fmt, num_ci, pct, pct_ci, table
-from .options import EvaluateOptions
+from .options import EvaluateOptions, resolve_in_classes
 from .plots import plot_score_groups
 
 NAME = "onnx"
@@ -107,11 +107,10 @@ def _find_source(opts: EvaluateOptions, det: OnnxDetector, device: torch.device)
 
 
 def onnx_context(
-    opts: EvaluateOptions, device: torch.device, progress: bool, command: str | None
+    opts: EvaluateOptions, device: torch.device, progress: bool
 ) -> tuple[EvalContext, dict[str, Any]]:
-    """The evaluation context of an exported file, and the report's title and header fields."""
-    from .pipeline import environment, resolve_in_classes
-
+    """The evaluation context of an exported file, and the report's title, seed, model hash and
+    the file's SHA-256 for the run's record."""
     onnx_device = "cuda" if device.type == "cuda" else "cpu"
     det = OnnxDetector(opts.onnx, device=onnx_device, threads=torch.get_num_threads())
     meta = det.metadata
@@ -202,14 +201,12 @@ def onnx_context(
         primary=NAME,
     )
     held = f" (classes {data.classes} in-distribution, the rest held out as OOD)" if data.ood else ""
-    env = environment(seed=det.seed, device=device, model_sha256=meta.get("source_model_sha256"),
-                      command=command)  # fmt: skip
-    env["onnx_sha256"] = det.sha256
-    head = {
+    return ctx, {
         "title": f"{data.name}{held}, exported {det.k}-network ensemble {Path(det.path).name}",
-        "meta": env,
+        "seed": det.seed,
+        "model_sha256": meta.get("source_model_sha256"),
+        "meta": {"onnx_sha256": det.sha256},
     }
-    return ctx, head
 
 
 # --------------------------------------------------------------------------- detection

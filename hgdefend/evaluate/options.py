@@ -214,3 +214,19 @@ class EvaluateOptions:
                     "attacks from its source model; evaluate the model file to compare baselines)"
                 )
         return replace(self)
+
+
+def resolve_in_classes(
+    opts: EvaluateOptions, dataset: str, model_config: dict | None = None
+) -> str | list | None:
+    """'auto': a given model's own classes; else, on digits with no --ood dataset, classes 0-4
+    in-distribution so that 5-9 are the OOD set."""
+    if opts.in_classes == "auto":
+        if model_config is not None:
+            classes = model_config.get("dataset", {}).get("classes")
+            n_all = model_config.get("dataset", {}).get("num_classes_all")
+            return classes if classes and n_all and len(classes) < n_all else None
+        return "0-4" if dataset == "digits" and not opts.ood else None
+    if opts.in_classes in (None, "", "all"):
+        return None
+    return opts.in_classes

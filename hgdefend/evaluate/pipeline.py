@@ -48,7 +48,7 @@ from .exported import (
     transfer_section,
 )
 from .gate import apply_gate, parse_fail_under, render_gate
-from .options import EvaluateOptions
+from .options import EvaluateOptions, resolve_in_classes
 from .progress import progress_enabled
 from .provenance import data_section, model_section, render_data, render_model, render_training
 from .render import render_html, render_markdown
@@ -131,22 +131,6 @@ def environment(
     }
 
 
-def resolve_in_classes(
-    opts: EvaluateOptions, dataset: str, model_config: dict | None = None
-) -> str | list | None:
-    """'auto': a given model's own classes; else, on digits with no --ood dataset, classes 0-4
-    in-distribution so that 5-9 are the OOD set."""
-    if opts.in_classes == "auto":
-        if model_config is not None:
-            classes = model_config.get("dataset", {}).get("classes")
-            n_all = model_config.get("dataset", {}).get("num_classes_all")
-            return classes if classes and n_all and len(classes) < n_all else None
-        return "0-4" if dataset == "digits" and not opts.ood else None
-    if opts.in_classes in (None, "", "all"):
-        return None
-    return opts.in_classes
-
-
 def _dataset_name(opts: EvaluateOptions, loaded: LoadedModel | None) -> str:
     """``--dataset``, else the dataset recorded in the model file, else the embedded digits."""
     if opts.dataset:
@@ -196,10 +180,12 @@ def run_evaluate(opts: EvaluateOptions, command: str | None = None) -> tuple[dic
     progress = progress_enabled(opts.quiet, opts.progress)
     device = resolve_device(opts.device)
     if opts.onnx is not None:
-        ctx, head = onnx_context(opts, device, progress, command)
+        ctx, head = onnx_context(opts, device, progress)
     else:
-        ctx, head = _model_context(opts, device, progress, command)
-    report: dict[str, Any] = {"title": head["title"], "summary": {}, "findings": [], "meta": head["meta"]}
+        ctx, head = _model_context(opts, device, progress)
+    meta = environment(seed=head["seed"], device=device, model_sha256=head["model_sha256"], command=command)
+    meta.update(head.get("meta", {}))
+    report: dict[str, Any] = {"title": head["title"], "summary": {}, "findings": [], "meta": meta}
     for section in SECTIONS:
         result = section.compute(ctx, report)
         if result is None:
@@ -216,9 +202,10 @@ def run_evaluate(opts: EvaluateOptions, command: str | None = None) -> tuple[dic
 
 
 def _model_context(
-    opts: EvaluateOptions, device: torch.device, progress: bool, command: str | None
+    opts: EvaluateOptions, device: torch.device, progress: bool
 ) -> tuple[EvalContext, dict[str, Any]]:
-    """The context of a model file (or of the model trained now), and the report's title and meta."""
+    """The context of a model file (or of the model trained now), and the report's title, seed and
+    model hash."""
     pre = load_model(opts.model, device=device) if opts.model else None
     dataset = _dataset_name(opts, pre)
     data = load_data(
@@ -246,5 +233,6 @@ def _model_context(
     held = f" (classes {data.classes} in-distribution, the rest held out as OOD)" if data.ood else ""
     return ctx, {
         "title": f"{data.name}{held}, {opts.members}-network HyperGAN ensemble",
-        "meta": environment(seed=opts.seed, device=device, model_sha256=loaded.sha256, command=command),
+        "seed": opts.seed,
+        "model_sha256": loaded.sha256,
     }
