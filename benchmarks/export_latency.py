@@ -9,9 +9,16 @@ check) through a plain ``InferenceSession.run``. Input validation is excluded on
 Weights: the paper's MNIST net (``mnist_paper``) with K independent Kaiming-uniform
 initialisations (random, untrained — latency does not depend on the values). Threads are set
 deliberately and equal on both sides (torch intra-op = onnxruntime intra-op; inter-op 1). Timed
-calls alternate between the two engines so that background load hits both alike.
+calls alternate between the engines so that background load hits them alike.
+
+``--kernels grouped unfold loop`` also exports the same weights without grouped convolutions
+(``export_onnx(kernel=...)``: members folded into matmuls, or unrolled) and times each file beside
+the default (``relative_to_grouped``: grouped median / this median). ``--no-torch`` skips the torch
+side; ``--cuda`` adds onnxruntime's CUDA provider with I/O binding (``OnnxDetector(device="cuda")``)
+where a GPU is usable.
 
     python benchmarks/export_latency.py --threads 2 --out benchmarks/export_latency.json
+    python benchmarks/export_latency.py --threads 1 --kernels grouped unfold loop --no-torch
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import onnxruntime as ort
 import torch
 
 from hgdefend.ensemble import SampledEnsemble
-from hgdefend.export import EnsembleGraph, export_onnx
+from hgdefend.export import EXPORT_KERNELS, EnsembleGraph, OnnxDetector, export_onnx
 from hgdefend.targets import mnist_paper
 
 
@@ -76,6 +83,19 @@ def main() -> None:
                     help="onnxruntime graph optimisation levels to time (ORT_DISABLE_ALL, "
                          "ORT_ENABLE_BASIC, ORT_ENABLE_EXTENDED, ORT_ENABLE_ALL).")  # fmt: skip
     ap.add_argument("--exporter", choices=["dynamo", "legacy"], default="dynamo")
+    ap.add_argument(
+        "--kernels",
+        nargs="+",
+        choices=EXPORT_KERNELS,
+        default=["grouped"],
+        help="Member layouts to export and time (unfold, loop: no grouped convolutions).",
+    )
+    ap.add_argument("--no-torch", action="store_true", help="Time onnxruntime only.")
+    ap.add_argument(
+        "--cuda",
+        action="store_true",
+        help="Also time onnxruntime's CUDA provider with I/O binding (needs a GPU).",
+    )
     ap.add_argument("--out", default=None, help="Also write the JSON here.")
     args = ap.parse_args()
 
@@ -86,10 +106,23 @@ def main() -> None:
         for k in args.members:
             params = spec.init_params(k, torch.Generator().manual_seed(k))
             ens = SampledEnsemble(spec, params, seed=k, kind="random_init")
-            path = os.path.join(tmp, f"k{k}.onnx")
-            res = export_onnx(ens, None, path, threshold=1.0, exporter=args.exporter)
+            files = {}
+            for kernel in args.kernels:
+                path = os.path.join(tmp, f"k{k}_{kernel}.onnx")
+                res = export_onnx(ens, None, path, threshold=1.0, exporter=args.exporter, kernel=kernel)
+                files[kernel] = path
+                row = {"members": k, "kernel": kernel, "export_seconds": res.export_seconds}
+                rows.append(
+                    {**row, "onnx_mb": res.size_bytes / 1e6, "max_abs_prob_diff": res.max_abs_prob_diff}
+                )
             graph = EnsembleGraph(ens, "entropy", 1.0).eval()
-            sessions = {lvl: session(path, args.threads, lvl) for lvl in args.ort_levels}
+            sessions = {(kernel, lvl): session(path, args.threads, lvl)
+                        for kernel, path in files.items() for lvl in args.ort_levels}  # fmt: skip
+            cuda = (
+                {kernel: OnnxDetector(path, device="cuda") for kernel, path in files.items()}
+                if args.cuda
+                else {}
+            )
             for b in args.batches:
                 x = torch.rand(b, *spec.input_shape, generator=torch.Generator().manual_seed(b))
                 xn = x.numpy()
@@ -98,26 +131,28 @@ def main() -> None:
                     with torch.inference_mode():
                         graph(x)
 
-                engines = {"torch": run_torch}
-                for lvl, s in sessions.items():
-                    engines[f"onnxruntime[{lvl}]"] = lambda s=s, xn=xn: s.run(None, {"x": xn})
+                engines = {} if args.no_torch else {("torch", "grouped"): run_torch}
+                for (kernel, lvl), s in sessions.items():
+                    engines[(f"onnxruntime[{lvl}]", kernel)] = lambda s=s, xn=xn: s.run(None, {"x": xn})
+                for kernel, det in cuda.items():  # I/O binding: input copied once, outputs on the GPU
+                    engines[("onnxruntime[CUDA, io_binding]", kernel)] = lambda d=det, xn=xn: d._run_batch(xn)
                 # Alternate engines round by round so background load affects each alike.
-                samples: dict[str, list[float]] = {name: [] for name in engines}
+                samples: dict[tuple[str, str], list[float]] = {key: [] for key in engines}
                 for _round in range(2):
-                    for name, fn in engines.items():
-                        samples[name] += timed(fn, max(1, args.min_reps // 2 + 1), args.min_seconds / 2)
-                torch_ms = 1e3 * statistics.median(samples["torch"])
-                for name, ts in samples.items():
-                    med = 1e3 * statistics.median(ts)
+                    for key, fn in engines.items():
+                        samples[key] += timed(fn, max(1, args.min_reps // 2 + 1), args.min_seconds / 2)
+                med = {key: 1e3 * statistics.median(ts) for key, ts in samples.items()}
+                torch_ms = med.get(("torch", "grouped"))
+                for (name, kernel), ts in samples.items():
+                    ms, grouped_ms = med[(name, kernel)], med.get((name, "grouped"))
                     rows.append({
-                        "members": k, "batch": b, "engine": name, "median_ms": round(med, 3),
-                        "min_ms": round(1e3 * min(ts), 3), "reps": len(ts),
-                        "member_images_per_s": round(k * b / (med / 1e3)),
-                        "speedup_vs_torch": round(torch_ms / med, 3),
+                        "members": k, "batch": b, "engine": name, "kernel": kernel,
+                        "median_ms": round(ms, 3), "min_ms": round(1e3 * min(ts), 3), "reps": len(ts),
+                        "member_images_per_s": round(k * b / (ms / 1e3)),
+                        "speedup_vs_torch": None if torch_ms is None else round(torch_ms / ms, 3),
+                        "relative_to_grouped": None if grouped_ms is None else round(grouped_ms / ms, 3),
                     })  # fmt: skip
                     print(json.dumps(rows[-1]), flush=True)
-            rows.append({"members": k, "export_seconds": res.export_seconds, "onnx_mb": res.size_bytes / 1e6,
-                         "max_abs_prob_diff": res.max_abs_prob_diff})  # fmt: skip
     out = {
         "benchmark": "export_latency",
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),

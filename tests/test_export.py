@@ -706,3 +706,19 @@ def test_parity_refuses_a_graph_that_fails_open(small_hg, digits, tmp_path, monk
             small_hg, 2, tmp_path / "e.onnx", threshold=3.0, exporter="legacy", parity_inputs=digits.test.x
         )
     assert not (tmp_path / "e.onnx").exists()
+
+
+def test_latency_benchmark_times_each_kernel(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "export_latency.py"
+    args = "--members 2 --batches 1 --kernels grouped loop --no-torch --threads 1 --min-reps 1".split()
+    args += ["--min-seconds", "0.01", "--exporter", "legacy", "--out", str(tmp_path / "r.json")]
+    res = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads((tmp_path / "r.json").read_text())["results"]
+    timed = {r["kernel"]: r for r in rows if "median_ms" in r}
+    assert set(timed) == {"grouped", "loop"} and timed["grouped"]["relative_to_grouped"] == 1.0
+    assert all(r["max_abs_prob_diff"] <= 1e-4 for r in rows if "max_abs_prob_diff" in r)

@@ -60,7 +60,7 @@ LABEL_FIELDS = ("true_label", "correct")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write here (default: stdout).")
 @click.option("--batch-size", type=int, default=256, show_default=True)
-@device_option("'auto' (onnxruntime's CUDA provider when usable, else CPU), 'cpu', 'cuda'.")
+@device_option("'auto' (onnxruntime's CUDA provider when usable, else CPU), 'cpu', 'cuda', 'cuda:N'.")
 @threads_option("onnxruntime intra-op threads (default: onnxruntime's choice).")
 @quiet_option("No summary on stderr.")
 @friendly_errors

@@ -14,7 +14,8 @@ score), so a stack that reads only ``is_adversarial`` never passes a broken inpu
 convolution per layer with one group per member), ``"unfold"`` (members folded into the batch,
 convolutions after the first as im2col + batched matmul) or ``"loop"`` (members unrolled: K plain
 convolutions per layer). The last two contain no grouped convolution, which some runtimes run
-slowly or cannot convert.
+slowly or cannot convert. On onnxruntime's CPU provider ``loop`` ran about as fast as ``grouped``
+and ``unfold`` ~9x slower, with an im2col matrix that grows with K x batch (benchmarks/RESULTS.md).
 
 The metadata written here, and the ``content_sha256`` digest over graph and metadata that guards
 it, are read back by :mod:`hgdefend.export.runtime`. A file is written only after onnxruntime's CPU
