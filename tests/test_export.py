@@ -25,7 +25,7 @@ from hgdefend.export import (
     label_summary,
     read_metadata,
 )
-from hgdefend.export.runtime import file_sha256
+from hgdefend.export.fileformat import file_sha256
 from hgdefend.targets import digits_small
 from hgdefend.validation import HgdefendError
 

@@ -1,7 +1,7 @@
 """``hgdefend detect``: run an exported ONNX ensemble on inputs and write one record per input.
 
-Needs only numpy and onnxruntime (through :mod:`hgdefend.export.runtime`): no torch, no
-scikit-learn, no onnx.
+Needs only numpy and onnxruntime (through :mod:`hgdefend.export.runtime` and
+:mod:`hgdefend.export.inputs`): no torch, no scikit-learn, no onnx.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ def detect(onnx_path, input_path, expected_sha256, labels_path, invalid, fmt, ou
     without a threshold; true for every invalid input) and input_valid. The file is refused if it
     was altered since export, or if --expected-sha256 is given and does not match.
     """
-    from ..export.runtime import OnnxDetector, check_labels, load_inputs
+    from ..export.inputs import check_labels, load_inputs
+    from ..export.runtime import OnnxDetector
 
     check_threads(threads)
     det = OnnxDetector(onnx_path, device=device, threads=threads, expected_sha256=expected_sha256)

@@ -67,7 +67,7 @@ def info(model: str, as_json: bool) -> None:
 
 
 def _onnx_info(path: str, as_json: bool) -> None:
-    from ..export.runtime import DIGEST_KEY, OUTPUT_DESCRIPTIONS, read_file
+    from ..export.fileformat import DIGEST_KEY, OUTPUT_DESCRIPTIONS, read_file
 
     _, meta, sha = read_file(path)
     outputs = json.loads(meta["outputs"])

@@ -7,7 +7,7 @@ are each sampled once, here.
 
 An exported ONNX file is evaluated through the same cache (``evaluate --onnx``): it is registered
 as a graph-backed ensemble whose every output is computed once per split by onnxruntime; its member
-logits, scores, flags and validity are read from those outputs (see :mod:`.exported`).
+logits, scores, flags and validity are read from those outputs (see :mod:`.onnx_source`).
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class EvalContext:
     attack: AttackOptions | None = None
     progress: bool = False
     scored: ScoredSplits = field(default_factory=ScoredSplits)
-    onnx: Any = None  # an exported.OnnxSource with ``evaluate --onnx``
+    onnx: Any = None  # an onnx_source.OnnxSource with ``evaluate --onnx``
     primary: str = "fixed"
 
     @classmethod

@@ -5,7 +5,7 @@ order of computation and the order of the report (the summary, built last from t
 shown first). The CLI only parses flags into :class:`~.options.EvaluateOptions`.
 
 The source is a model file (or a model trained now) or, with ``onnx``, an exported file
-(:mod:`.exported`): the same sections run on either context; those that do not apply to a source
+(:mod:`.onnx_source`): the same sections run on either context; those that do not apply to a source
 return None, and the exported file has its own detection section (its baked-in threshold) and a
 transfer-attack section in place of the attack suite.
 """
@@ -40,14 +40,10 @@ from .accuracy import (
 from .attacks import attacks_section, render_attacks
 from .context import EvalContext
 from .detection import detection_section, render_detection
-from .exported import (
-    onnx_context,
-    onnx_detection_section,
-    render_onnx_detection,
-    render_transfer,
-    transfer_section,
-)
 from .gate import apply_gate, parse_fail_under, render_gate
+from .onnx_detection import onnx_detection_section, render_onnx_detection
+from .onnx_source import onnx_context
+from .onnx_transfer import render_transfer, transfer_section
 from .options import EvaluateOptions, resolve_in_classes
 from .progress import progress_enabled
 from .provenance import data_section, model_section, render_data, render_model, render_training

@@ -10,8 +10,8 @@ from typing import Any
 
 from .attacks import EVADES_MISSED, PROTOCOL_LABELS
 from .detection import POOR_AUROC
-from .exported import worst_transfer
 from .formatting import pct, pct_ci
+from .onnx_transfer import worst_transfer
 
 
 def _one_in(rate: float) -> str:

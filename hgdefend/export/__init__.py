@@ -4,10 +4,13 @@
   ONNX graph, with hgdefend metadata.
 * :mod:`.parity` — :func:`check_parity`: onnxruntime against the torch ensemble before a file is kept.
 * :mod:`.runtime` — :class:`OnnxDetector` / :func:`run_onnx`: run an exported file (what
-  ``hgdefend detect`` needs, with numpy and onnxruntime only), with the file format, its
-  integrity digest (:func:`content_sha256`) and SHA-256 pinning.
+  ``hgdefend detect`` needs, with numpy and onnxruntime only), on the CPU or a GPU.
+* :mod:`.fileformat` — the file format: output names, required metadata, the integrity digest
+  (:func:`content_sha256`), reading a file (:func:`read_metadata`) and SHA-256 pinning.
+* :mod:`.inputs` — inputs and labels checked with numpy (:func:`load_inputs`), and a run's counts
+  and rates (:func:`label_summary`).
 
-The names below are imported on first use, so ``import hgdefend.export`` loads none of the three
+The names below are imported on first use, so ``import hgdefend.export`` loads none of these
 modules (running a file does not need the exporter).
 """
 
@@ -17,19 +20,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .fileformat import OUTPUTS, OnnxFileError, content_sha256, file_sha256, read_metadata
     from .graph import EXPORT_KERNELS, EnsembleGraph, ExportResult, export_onnx
+    from .inputs import label_summary, load_inputs
     from .parity import ParityError, check_parity
-    from .runtime import (
-        OUTPUTS,
-        OnnxDetector,
-        OnnxFileError,
-        content_sha256,
-        file_sha256,
-        label_summary,
-        load_inputs,
-        read_metadata,
-        run_onnx,
-    )
+    from .runtime import OnnxDetector, run_onnx
 
 _MODULE_OF = {
     "EXPORT_KERNELS": "graph",
@@ -38,14 +33,14 @@ _MODULE_OF = {
     "export_onnx": "graph",
     "ParityError": "parity",
     "check_parity": "parity",
-    "OUTPUTS": "runtime",
+    "OUTPUTS": "fileformat",
+    "OnnxFileError": "fileformat",
+    "content_sha256": "fileformat",
+    "file_sha256": "fileformat",
+    "read_metadata": "fileformat",
+    "label_summary": "inputs",
+    "load_inputs": "inputs",
     "OnnxDetector": "runtime",
-    "OnnxFileError": "runtime",
-    "content_sha256": "runtime",
-    "file_sha256": "runtime",
-    "label_summary": "runtime",
-    "load_inputs": "runtime",
-    "read_metadata": "runtime",
     "run_onnx": "runtime",
 }
 

@@ -4,7 +4,7 @@ The graph holds K frozen weight sets as constants and runs the library's own bat
 forward (``target.forward(..., strategy=kernel)``) followed by the score functions of
 :mod:`hgdefend.detectors.scores`, so there is no second implementation of either to drift. Its
 input is ``x`` ``[B, *input_shape]`` float32 with a dynamic batch axis; its outputs are listed in
-:data:`~hgdefend.export.runtime.OUTPUTS` (``is_adversarial`` only when a threshold was baked in).
+:data:`~hgdefend.export.fileformat.OUTPUTS` (``is_adversarial`` only when a threshold was baked in).
 
 The graph fails closed: ``input_valid`` is false for an input with any NaN, ±inf or value outside
 the declared input range, and ``is_adversarial`` is true for every such input (and for a NaN
@@ -18,7 +18,7 @@ slowly or cannot convert. On onnxruntime's CPU provider ``loop`` ran about as fa
 and ``unfold`` ~9x slower, with an im2col matrix that grows with K x batch (benchmarks/RESULTS.md).
 
 The metadata written here, and the ``content_sha256`` digest over graph and metadata that guards
-it, are read back by :mod:`hgdefend.export.runtime`. A file is written only after onnxruntime's CPU
+it, are read back by :mod:`hgdefend.export.fileformat`. A file is written only after onnxruntime's CPU
 provider reproduced the torch ensemble on random and real inputs at batch 1 and batch N, and
 flagged invalid inputs (:mod:`hgdefend.export.parity`).
 """
@@ -49,19 +49,9 @@ from ..io import LoadedModel, load_model, tensors_sha256
 from ..probabilities import mean_probs
 from ..targets import TargetSpec
 from ..validation import HgdefendError, check_fraction, check_k
+from .fileformat import DIGEST_KEY, FORMAT, FORMAT_VERSION, INPUT_NAME, OUTPUTS, content_sha256, file_sha256
+from .inputs import RANGE_SLACK, _bounds, load_inputs
 from .parity import check_parity
-from .runtime import (
-    DIGEST_KEY,
-    FORMAT,
-    FORMAT_VERSION,
-    INPUT_NAME,
-    OUTPUTS,
-    RANGE_SLACK,
-    _bounds,
-    content_sha256,
-    file_sha256,
-    load_inputs,
-)
 
 DEFAULT_OPSET = 18
 Exporter = Literal["dynamo", "legacy"]
