@@ -103,12 +103,12 @@ def test_expected_sha256_pins_the_file(small_model):
 
 def test_failed_save_keeps_existing_good_file(small_model, monkeypatch):
     hg, path, sha = small_model
-    import hgdefend.io as io_mod
+    import hgdefend.envelope as envelope_mod
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(io_mod, "save_file", boom)
+    monkeypatch.setattr(envelope_mod, "save_file", boom)
     with pytest.raises(RuntimeError):
         save_model(path, hg)
     assert file_sha256(path) == sha
