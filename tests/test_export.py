@@ -320,7 +320,9 @@ def test_valid_inputs_at_the_range_edges_are_valid(exported):
 
 
 # --------------------------------------------------------------------------- integrity and pinning
-def _tamper(src, dst, *, threshold_meta=None, threshold_graph=None, recompute=False, duplicate=False):
+def _tamper(
+    src, dst, *, threshold_meta=None, threshold_graph=None, recompute=False, duplicate=False, meta=None
+):
     """Edit a file as an attacker (or a careless tool) would; ``recompute`` re-signs it with the
     library's own public digest function."""
     from onnx import numpy_helper
@@ -334,6 +336,8 @@ def _tamper(src, dst, *, threshold_meta=None, threshold_graph=None, recompute=Fa
         init.CopyFrom(numpy_helper.from_array(np.array(threshold_graph, np.float32), "threshold"))
     if duplicate:
         model.metadata_props.add(key="threshold", value="9.9")
+    for key, value in (meta or {}).items():
+        props[key].value = value
     if recompute:
         keep = [(p.key, p.value) for p in model.metadata_props if p.key != "content_sha256"]
         del model.metadata_props[:]
@@ -362,6 +366,31 @@ def test_tampering_without_a_new_digest_is_refused_even_without_a_pin(exported, 
     res = CliRunner().invoke(cli, ["detect", "-m", str(bad), "--input", str(tmp_path / "x.npy")])
     assert res.exit_code == 2 and res.output.startswith("error: onnx:"), res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+ONNX_METADATA_EDITS = {
+    "class label formula": ({"class_labels": json.dumps(["=1+1"] * 10)}, "class_labels"),
+    "class labels repeated": ({"class_labels": json.dumps([0] * 10)}, "distinct"),
+    "class labels too few": ({"class_labels": json.dumps([0, 1])}, "class_labels"),
+    "input range infinite": ({"input_range": "[-1e999, 1e999]"}, "input_range"),
+    "input range NaN": ({"input_range": "[NaN, 1]"}, "input_range"),
+    "input range reversed": ({"input_range": "[1, 0]"}, "lo < hi"),
+    "threshold not a number": ({"threshold": "nan-ish"}, "threshold"),
+    "threshold infinite": ({"threshold": "inf"}, "threshold"),
+    "members huge": ({"members": "1000000000"}, "members"),
+    "score unknown": ({"score": "\x1b[2Jevil"}, "score"),
+    "nested input shape": ({"input_shape": "[" * 5000 + "]" * 5000}, "nested deeper"),
+}
+
+
+@pytest.mark.parametrize("edit", list(ONNX_METADATA_EDITS))
+def test_onnx_metadata_edits_are_schema_checked(exported, tmp_path, edit):
+    """Even re-signed with the public digest, metadata that breaks the schema is refused."""
+    out, _ = exported
+    change, message = ONNX_METADATA_EDITS[edit]
+    bad = _tamper(out, tmp_path / "bad.onnx", recompute=True, meta=change)
+    with pytest.raises(OnnxFileError, match="malformed hgdefend metadata.*" + message):
+        read_metadata(bad)
 
 
 @pytest.mark.parametrize("edit", ["metadata threshold", "graph threshold"])

@@ -23,6 +23,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import HgdefendError
+from ..schema import MAX_WIDTH, SchemaError, int_list, integer, parse_json, string
+from ..schema import number as _number
 from ..vocab import SCORES
 
 FORMAT = "hgdefend-onnx"
@@ -219,7 +221,65 @@ def read_file(
     missing = [key for key in REQUIRED_METADATA if key not in meta]
     if missing:
         raise OnnxFileError(f"onnx: {str(p)!r} has incomplete hgdefend metadata (missing {missing})")
+    try:
+        check_metadata(meta)
+    except SchemaError as exc:
+        raise OnnxFileError(f"onnx: {str(p)!r} has malformed hgdefend metadata: {exc}") from exc
     return data, meta, sha
+
+
+MAX_MEMBERS = 1_000_000
+
+
+def check_metadata(meta: dict[str, str]) -> None:
+    """The schema of the hgdefend metadata (values are strings, several hold JSON): types, ranges,
+    sizes and consistency of members, input shape and range, classes and labels, score, threshold."""
+    integer(_int(meta["members"], "members"), "members", 1, MAX_MEMBERS)
+    int_list(
+        parse_json(meta["input_shape"], "input_shape"), "input_shape", 1, MAX_WIDTH, min_len=1, max_len=4
+    )
+    lo, hi = (
+        _number(v, "input_range", -1e30, 1e30) for v in _pair(parse_json(meta["input_range"], "input_range"))
+    )
+    if not lo < hi:
+        raise SchemaError(f"input_range: expected [lo, hi] with lo < hi, got [{lo:g}, {hi:g}]")
+    n = integer(_int(meta["num_classes"], "num_classes"), "num_classes", 2, MAX_WIDTH)
+    if meta.get("class_labels"):
+        labels = parse_json(meta["class_labels"], "class_labels")
+        if labels is not None:
+            labels = int_list(labels, "class_labels", 0, MAX_WIDTH, min_len=n, max_len=n)
+            if len(set(labels)) != n:
+                raise SchemaError("class_labels: labels must be distinct")
+    string(meta["score"], "score", choices=SCORES)
+    if meta["threshold"]:
+        _number(_float(meta["threshold"], "threshold"), "threshold", -1e30, 1e30)
+    if meta.get("target_fpr"):
+        _number(_float(meta["target_fpr"], "target_fpr"), "target_fpr", 0.0, 1.0)
+    if meta.get("seed"):
+        integer(_int(meta["seed"], "seed"), "seed", -(1 << 63), 1 << 64)
+    outputs = parse_json(meta["outputs"], "outputs")
+    if not isinstance(outputs, list) or not all(isinstance(o, str) and o in OUTPUTS for o in outputs):
+        raise SchemaError(f"outputs: expected a list of names from {list(OUTPUTS)}")
+
+
+def _int(text: str, name: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise SchemaError(f"{name}: expected an integer, got {text[:40]!r}") from None
+
+
+def _float(text: str, name: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise SchemaError(f"{name}: expected a number, got {text[:40]!r}") from None
+
+
+def _pair(value: object) -> list:
+    if not isinstance(value, list) or len(value) != 2:
+        raise SchemaError("input_range: expected [lo, hi]")
+    return value
 
 
 def read_metadata(path: str | os.PathLike, *, expected_sha256: str | None = None) -> dict[str, str]:
