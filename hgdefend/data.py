@@ -7,6 +7,7 @@ Images are float32 in [0, 1] with a channel axis. Nothing is downloaded unless t
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,10 +17,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .arrays import read_npz
+from .resources import check_memory
 from .validation import HgdefendError
 from .vocab import DATASETS
 
 DATA_ROOT_ENV = "HGDEFEND_DATA_ROOT"
+MAX_LABEL = (1 << 20) - 1
+"""Largest class label a dataset may use (labels need not be contiguous: they are mapped to indices)."""
 
 
 @dataclass
@@ -70,19 +75,26 @@ def parse_classes(text: str | Sequence[int] | None) -> list[int] | None:
     """'0-4' or '0,2,5' or [0, 1] -> sorted unique ints."""
     if text is None:
         return None
-    if not isinstance(text, str):
-        return sorted({int(c) for c in text})
     out: set[int] = set()
     try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part:
-                a, b = part.split("-", 1)
-                out.update(range(int(a), int(b) + 1))
-            elif part:
-                out.add(int(part))
-    except ValueError as exc:
-        raise HgdefendError(f"in_classes: expected e.g. '0-4' or '0,2,5', got {text!r}") from exc
+        if not isinstance(text, str):
+            out = {int(c) for c in text}
+        else:
+            for part in text.split(",")[: MAX_LABEL + 1]:
+                part = part.strip()
+                if "-" in part:
+                    a, b = (int(v) for v in part.split("-", 1))
+                    if not 0 <= a <= b <= MAX_LABEL:
+                        raise HgdefendError(f"in_classes: range {part!r} must lie in [0, {MAX_LABEL}]")
+                    out.update(range(a, b + 1))
+                elif part:
+                    out.add(int(part))
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, HgdefendError):
+            raise
+        raise HgdefendError(f"in_classes: expected e.g. '0-4' or '0,2,5', got {str(text)[:60]!r}") from exc
+    if out and not 0 <= min(out) <= max(out) <= MAX_LABEL:
+        raise HgdefendError(f"in_classes: classes must lie in [0, {MAX_LABEL}]")
     if not out:
         raise HgdefendError(f"in_classes: no classes in {text!r}")
     return sorted(out)
@@ -121,8 +133,8 @@ def _labels(arr: np.ndarray, n: int, name: str) -> np.ndarray:
             y = y.astype(np.int64)
         else:
             raise HgdefendError(f"{name}: expected integer class labels, got dtype {y.dtype}")
-    if y.size and y.min() < 0:
-        raise HgdefendError(f"{name}: labels must be >= 0, got {y.min()}")
+    if y.size and (y.min() < 0 or y.max() > MAX_LABEL):
+        raise HgdefendError(f"{name}: labels must lie in [0, {MAX_LABEL}], got min {y.min()}, max {y.max()}")
     return y.astype(np.int64)
 
 
@@ -139,11 +151,39 @@ def _resolve_root(root: str | os.PathLike | None, dataset: str) -> Path:
     return path
 
 
+def check_idx(path: Path) -> tuple[int, ...]:
+    """An idx file's declared dims, after checking magic, dtype, rank and that the file's size is
+    exactly header + data (and within the memory limit); torchvision's reader only asserts."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(4)
+        ndim = head[3] if len(head) == 4 else 0
+        dims_raw = f.read(4 * ndim)
+    if len(head) < 4 or head[:3] != b"\x00\x00\x08" or not 1 <= ndim <= 4 or len(dims_raw) != 4 * ndim:
+        raise HgdefendError(
+            f"data_root: {str(path)!r} is not a uint8 idx file "
+            f"(magic {head.hex() or 'empty'}, expected 000008 and a rank of 1-4)"
+        )
+    dims = tuple(int.from_bytes(dims_raw[4 * i : 4 * i + 4], "big") for i in range(ndim))
+    expected = 4 + 4 * ndim + math.prod(dims)
+    check_memory(4 * math.prod(dims), f"data_root: {str(path)!r} declaring {list(dims)}")
+    if size != expected:
+        raise HgdefendError(
+            f"data_root: {str(path)!r} declares {list(dims)} ({expected} bytes) but holds {size} bytes"
+        )
+    return dims
+
+
 def _torchvision(name: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
     import torchvision.datasets as tvd
 
     cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[name]
     layout = "cifar-10-batches-py" if name == "cifar10" else f"{cls.__name__}/raw"
+    if name != "cifar10":
+        for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                     "t10k-labels-idx1-ubyte"):  # fmt: skip
+            if (root / layout / stem).is_file():
+                check_idx(root / layout / stem)
     try:
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=download)
@@ -152,6 +192,12 @@ def _torchvision(name: str, root: Path, download: bool) -> tuple[np.ndarray, ...
             f"data_root: {cls.__name__} files not found or corrupt under {str(root)!r} "
             f"(torchvision says: {exc}); expected {root / layout}"
             + ("" if download else ", or pass --download if this machine has internet")
+        ) from exc
+    except (AssertionError, ValueError, OSError, EOFError, IndexError, TypeError) as exc:
+        raise HgdefendError(  # torchvision's idx reader asserts on malformed files
+            f"data_root: {cls.__name__} files under {str(root)!r} are malformed "
+            f"({type(exc).__name__}: {str(exc)[:120] or 'failed a format check'}); "
+            f"expected torchvision's layout in {root / layout}"
         ) from exc
 
     def arrays(ds) -> tuple[np.ndarray, np.ndarray]:
@@ -205,18 +251,9 @@ def load_data(
         path = Path(name)
         if not path.is_file():
             raise HgdefendError(f"dataset: npz file {name!r} does not exist")
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                if "x" not in f or "y" not in f:
-                    raise HgdefendError(
-                        f"dataset: {name!r} must hold arrays 'x' and 'y', has {sorted(f.files)}"
-                    )
-                pool_x = _images(f["x"], "dataset x")
-                pool_y = _labels(f["y"], len(pool_x), "dataset y")
-        except (OSError, ValueError) as exc:
-            if isinstance(exc, HgdefendError):
-                raise
-            raise HgdefendError(f"dataset: cannot read {name!r} as npz ({exc})") from exc
+        arrays = read_npz(path, ("x", "y"), "dataset")
+        pool_x = _images(arrays.pop("x"), "dataset x")
+        pool_y = _labels(arrays.pop("y"), len(pool_x), "dataset y")
         tr_x = tr_y = None
     elif name in ("mnist", "fashion-mnist", "cifar10"):
         a, b, c, d_ = _torchvision(name, _resolve_root(root, name), download)
@@ -243,7 +280,7 @@ def load_data(
         half = n // 2
         cal_x, cal_y, test_x, test_y = pool_x[:half], pool_y[:half], pool_x[half:], pool_y[half:]
 
-    all_classes = sorted(set(np.unique(tr_y).tolist()) | set(np.unique(test_y).tolist()))
+    all_classes = sorted(set().union(*(np.unique(y).tolist() for y in (tr_y, cal_y, test_y))))
     chosen = parse_classes(in_classes)
     ood = None
     if chosen is not None:
@@ -265,7 +302,16 @@ def load_data(
         test_x, test_y = keep(test_x, test_y)
         classes = chosen
     else:
+        if len(all_classes) < 2:
+            raise HgdefendError(
+                f"dataset: {name!r} has a single class {all_classes}: a classifier (and its detector, "
+                "whose entropy would always be 0) needs at least 2"
+            )
         classes = all_classes
+        if classes != list(range(len(classes))):  # e.g. labels {0, 3, 10}: train on indices 0, 1, 2
+            index = np.full(classes[-1] + 1, -1, np.int64)
+            index[classes] = np.arange(len(classes))
+            tr_y, cal_y, test_y = index[tr_y], index[cal_y], index[test_y]
     for split_name, arr in (("train", tr_x), ("calibration", cal_x), ("test", test_x)):
         if len(arr) == 0:
             raise HgdefendError(f"dataset: {name!r} leaves the {split_name} split empty")

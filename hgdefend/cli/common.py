@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -65,8 +66,19 @@ def seed_option(help: str = "Seed for training, sampling and attacks.") -> Calla
     return click.option("--seed", type=int, default=0, show_default=True, help=help)
 
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?")
+
+
+def check_device(ctx: click.Context | None, param: click.Parameter | None, value: str) -> str:
+    """'auto', 'cpu', 'cuda' or 'cuda:N', checked before torch starts (no RuntimeError traceback
+    for 'bogus', no 'meta' device whose tensors hold no data)."""
+    if not isinstance(value, str) or not DEVICE_PATTERN.fullmatch(value.strip().lower()):
+        raise CLIError(f"--device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+    return value.strip().lower()
+
+
 def device_option(help: str = "'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...") -> Callable:
-    return click.option("--device", default="auto", show_default=True, help=help)
+    return click.option("--device", default="auto", show_default=True, help=help, callback=check_device)
 
 
 def threads_option(help: str = "torch CPU threads (default: cores up to 8; 1 if busy).") -> Callable:
@@ -77,9 +89,28 @@ def quiet_option(help: str = "No progress bars or summaries.") -> Callable:
     return click.option("--quiet", "-q", is_flag=True, help=help)
 
 
+def _set_max_memory(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from ..resources import parse_size, set_memory_limit
+
+    try:
+        set_memory_limit(None if value is None else parse_size(value, "--max-memory"))
+    except HgdefendError as exc:
+        raise CLIError(str(exc)) from exc
+    return value
+
+
+def max_memory_option() -> Callable:
+    return click.option(
+        "--max-memory", default=None, callback=_set_max_memory, expose_value=False, is_eager=True,
+        help="Memory limit for sizes declared by files and arguments, e.g. 8G "
+        "(default: HGDEFEND_MAX_MEMORY, else 80 % of physical memory).",
+    )  # fmt: skip
+
+
 def common_options(fn: Callable) -> Callable:
-    """--seed, --device, --threads, --quiet (train and evaluate; export and detect take a subset)."""
-    for option in (quiet_option(), threads_option(), device_option(), seed_option()):
+    """--seed, --device, --threads, --quiet, --max-memory (train and evaluate; export and detect
+    take a subset)."""
+    for option in (max_memory_option(), quiet_option(), threads_option(), device_option(), seed_option()):
         fn = option(fn)
     return fn
 
