@@ -59,6 +59,14 @@ class TrainedModel:
     ``seed``, ``recipe`` (the HyperGAN's hyper-parameters and every :class:`TrainConfig` field) and
     ``final`` (the last evaluation on the calibration split: ``ensemble_acc``, ``member_acc_mean``, ...)."""
 
+    @property
+    def file_record(self) -> dict[str, Any]:
+        """:attr:`training` without wall-clock times, for the model file: identical seeds give
+        byte-identical files (the seconds go to the training log and the report)."""
+        out = {k: v for k, v in self.training.items() if k != "seconds"}
+        out["final"] = {k: v for k, v in self.training.get("final", {}).items() if k != "seconds"}
+        return out
+
 
 def train_model(
     data: DataSplits,

@@ -98,9 +98,10 @@ def train(dataset, data_root, download, in_classes, out_dir, steps, nets_per_ste
                           progress=not quiet)  # fmt: skip
     result = trained.result
     sha = save_model(out / "model.safetensors", trained.hypergan, dataset=data.describe(),
-                     training=trained.training)  # fmt: skip
+                     training=trained.file_record)  # fmt: skip
     atomic_write(out / "train_log.json", json.dumps(
-        {"history": result.history, "mixer_pretrain": result.mixer_pretrain, "sha256": sha},
+        {"history": result.history, "mixer_pretrain": result.mixer_pretrain, "sha256": sha,
+         "seconds": round(result.seconds, 2)},
         indent=2))  # fmt: skip
     if not quiet:
         acc = trained.training["final"].get("ensemble_acc")

@@ -164,7 +164,7 @@ def _obtain_model(
         progress=progress,
     )
     path = Path(opts.out) / "model.safetensors"
-    save_model(path, trained.hypergan, dataset=data.describe(), training=trained.training)
+    save_model(path, trained.hypergan, dataset=data.describe(), training=trained.file_record)
     return load_model(path, device=device), {"source": "trained", "path": str(path), **trained.training}
 
 
