@@ -94,9 +94,17 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``None``/'auto' picks CUDA when present; an unavailable device is a clear error."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise HgdefendError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):  # e.g. 'meta' would run without computing anything
+        raise HgdefendError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise HgdefendError("device: 'cuda' requested but no CUDA device is available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise HgdefendError(f"device: {device!r} does not exist; {n} CUDA device(s) here")
     return dev
 
 

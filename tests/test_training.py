@@ -218,3 +218,13 @@ def test_bar_total_follows_the_budget():
     assert training._expected_steps(10, 0, 10.0, 3000.0, 1000) == 1000
     assert training._expected_steps(10, 0, 10.0, -1.0, 1000) == 10
     assert training._expected_steps(105, 100, 5.0, 5.0, 1000) == 110  # rate of this call after a resume
+
+
+def test_resolve_device_refuses_unknown_and_meta_devices():
+    from hgdefend import HgdefendError
+    from hgdefend.training import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    for bad in ("bogus", "meta", 3.5):
+        with pytest.raises(HgdefendError, match="device: expected"):
+            resolve_device(bad)
