@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .targets import Params, Target, param_key
+from .resources import check_memory
+from .targets import Params, Target, activation_bytes, param_key
 from .vocab import REGULARISERS
 
 if TYPE_CHECKING:
@@ -25,6 +26,40 @@ Regulariser = Literal["gan", "mmd", "none"]
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
     """The paper's 2-layer MLP (mixer, generators and discriminator all use it)."""
     return nn.Sequential(nn.Linear(n_in, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, n_out))
+
+
+def ensemble_bytes(
+    target: Target, k: int, *, hidden: int = 0, noise_dim: int = 0, batch: int = 0, training: bool = False
+) -> int:
+    """A lower bound of the memory (bytes, float32) that K networks of ``target`` need at once.
+
+    Per network: its weights, the noise and generator hidden outputs that make them and, with
+    ``batch``, the layer outputs of ``batch`` inputs (:func:`~hgdefend.targets.activation_bytes`;
+    0 for user modules, whose size is unknown). ``training`` doubles it (gradients of the same size).
+    """
+    groups = list(target.param_groups)
+    per = 4 * (sum(g.numel for g in groups) + int(hidden) * max(1, len(groups)) + int(noise_dim))
+    per += (activation_bytes(target) or 0) * int(batch)
+    return int(k) * per * (2 if training else 1)
+
+
+def check_ensemble_memory(
+    target: Target,
+    k: int,
+    what: str,
+    *,
+    hidden: int = 0,
+    noise_dim: int = 0,
+    batch: int = 0,
+    training: bool = False,
+    copies: int = 1,
+    extra: int = 0,
+) -> None:
+    """Refuse (:class:`~hgdefend.resources.ResourceLimitError`, naming ``what``, the estimate and the
+    limit) K networks that would not fit in memory: ``copies`` × :func:`ensemble_bytes` + ``extra``."""
+    est = copies * ensemble_bytes(target, k, hidden=hidden, noise_dim=noise_dim, batch=batch,
+                                  training=training) + int(extra)  # fmt: skip
+    check_memory(est, what)
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
@@ -97,6 +132,11 @@ class HyperGAN(nn.Module):
     def device(self) -> torch.device:
         return self._scales.device
 
+    def check_memory(self, k: int, what: str, **kw: int) -> None:
+        """:func:`check_ensemble_memory` for K networks of this HyperGAN (``batch``, ``training``,
+        ``copies``, ``extra`` as there); every sample is checked with the defaults first."""
+        check_ensemble_memory(self.target, k, what, hidden=self.hidden, noise_dim=self.noise_dim, **kw)
+
     def generator_parameters(self) -> list[nn.Parameter]:
         return list(self.generators.parameters())
 
@@ -105,6 +145,7 @@ class HyperGAN(nn.Module):
         """``s ~ N(0, I)``; drawn on the CPU so a seed gives the same networks on any device."""
         if int(k) < 1:
             raise ValueError(f"k: ensemble size must be >= 1, got {k}")
+        self.check_memory(k, f"k: {int(k)} networks")
         return torch.randn(int(k), self.noise_dim, generator=generator).to(self.device)
 
     def codes(self, noise: Tensor) -> Tensor:

@@ -243,6 +243,9 @@ class Trainer:
     ) -> None:
         self.cfg = config or TrainConfig()
         self.device = resolve_device(device)
+        n, b = self.cfg.nets_per_step, min(self.cfg.batch_size, max(1, len(train)))
+        hypergan.check_memory(n, f"nets_per_step: {n} networks × batch_size {b} with gradients",
+                              batch=b, training=True)  # fmt: skip
         self.hg = hypergan.to(self.device)
         if hasattr(self.hg.target, "to"):
             self.hg.target.to(self.device)

@@ -26,8 +26,9 @@ import torch
 from .. import __version__
 from ..data import DataSplits, load_data, load_ood
 from ..errors import HgdefendError
+from ..hypergan import check_ensemble_memory
 from ..io import LoadedModel, load_model, save_model
-from ..recipes import train_model
+from ..recipes import default_recipe, default_spec, train_model
 from ..training import resolve_device
 from .accuracy import (
     accuracy_section,
@@ -146,6 +147,21 @@ def _check_model_fits(loaded: LoadedModel, data: DataSplits) -> None:
         )
 
 
+def _check_members_fit(opts: EvaluateOptions, data: DataSplits, loaded: LoadedModel | None) -> None:
+    """Refuse ``members`` before any training or sampling when the two ensembles (fixed and fresh)
+    and their member logits on the scored splits would not fit the memory limit."""
+    if loaded is not None:
+        target, hp = loaded.hypergan.target, loaded.hypergan.hparams()
+    else:
+        target, hp = default_spec(data), default_recipe(data)[0]
+    k = opts.members
+    n = len(data.calib) + len(data.test) + (len(data.ood) if data.ood is not None else 0)
+    check_ensemble_memory(
+        target, k, f"members: 2 ensembles of {k} networks and their logits on {n} inputs",
+        hidden=hp["hidden"], noise_dim=hp["noise_dim"], copies=2, extra=4 * k * n * target.num_outputs,
+    )  # fmt: skip
+
+
 def _obtain_model(
     opts: EvaluateOptions, data: DataSplits, device: torch.device, progress: bool, loaded: LoadedModel | None
 ) -> tuple[LoadedModel, dict[str, Any]]:
@@ -210,6 +226,7 @@ def _model_context(
         download=opts.download,
         in_classes=resolve_in_classes(opts, dataset, pre.config if pre else None),
     )
+    _check_members_fit(opts, data, pre)
     loaded, training = _obtain_model(opts, data, device, progress, pre)
     oods = []
     if data.ood is not None and len(data.ood):

@@ -47,9 +47,18 @@ from ..fileio import atomic_path
 from ..hypergan import HyperGAN
 from ..io import LoadedModel, load_model, tensors_sha256
 from ..probabilities import mean_probs
-from ..targets import TargetSpec
+from ..targets import TargetSpec, activation_bytes
 from ..validation import HgdefendError, check_fraction, check_k
-from .fileformat import DIGEST_KEY, FORMAT, FORMAT_VERSION, INPUT_NAME, OUTPUTS, content_sha256, file_sha256
+from .fileformat import (
+    DIGEST_KEY,
+    FORMAT,
+    FORMAT_VERSION,
+    INPUT_NAME,
+    MAX_MEMBERS,
+    OUTPUTS,
+    content_sha256,
+    file_sha256,
+)
 from .inputs import RANGE_SLACK, _bounds, load_inputs
 from .parity import check_parity
 
@@ -173,6 +182,8 @@ def export_onnx(
     """
     if k is not None:
         k = check_k(k, "k")
+        if k > MAX_MEMBERS:
+            raise HgdefendError(f"k: at most {MAX_MEMBERS} networks fit an exported file, got {k}")
     score = check_score_name(score)
     tolerance = float(tolerance)
     if not (math.isfinite(tolerance) and tolerance > 0):
@@ -190,7 +201,7 @@ def export_onnx(
     if out_path.is_dir():
         raise HgdefendError(f"out: {str(out_path)!r} is a folder; give a file name such as ensemble.onnx")
 
-    ens, source_info, dataset_cfg = _resolve_source(source, k, seed, module)
+    ens, source_info, dataset_cfg = _resolve_source(source, k, seed, module, parity_batch)
     if ens.target.task != "classification":
         raise HgdefendError(
             "model: only classification targets can be exported (detector scores need classes)"
@@ -292,8 +303,17 @@ def export_onnx(
     )
 
 
+def _check_export_memory(hg: HyperGAN, k: int, batch: int) -> None:
+    """Refuse K before sampling when the networks (held by torch, the ONNX file and onnxruntime)
+    and onnxruntime's forward of a parity batch (all members at once) would not fit."""
+    hg.check_memory(
+        k, f"k: {k} networks in the graph (torch, ONNX and onnxruntime copies) and a parity batch of {batch}",
+        copies=3, extra=k * batch * (activation_bytes(hg.target) or 0),
+    )  # fmt: skip
+
+
 def _resolve_source(
-    source: object, k: int | None, seed: int | None, module: nn.Module | None
+    source: object, k: int | None, seed: int | None, module: nn.Module | None, parity_batch: int = 1
 ) -> tuple[SampledEnsemble, dict[str, str], dict[str, Any]]:
     """Ensemble + where it came from (for the metadata) + the dataset config when known."""
     if isinstance(source, SampledEnsemble):
@@ -306,11 +326,13 @@ def _resolve_source(
     if isinstance(source, (str, os.PathLike)):
         source = load_model(source, module=module, device="cpu")
     if isinstance(source, LoadedModel):
+        _check_export_memory(source.hypergan, k, parity_batch)
         ens = source.hypergan.ensemble(k, seed=seed)
         info = {"sha256": source.sha256, "of": "model_file", "path": Path(source.path).name}
         return ens, info, dict(source.config.get("dataset") or {})
     if isinstance(source, HyperGAN):
         digest = tensors_sha256(source.state_dict())
+        _check_export_memory(source, k, parity_batch)
         return source.ensemble(k, seed=seed), {"sha256": digest, "of": "hypergan_state_dict"}, {}
     raise HgdefendError(
         "source: expected a model file path, LoadedModel, HyperGAN or SampledEnsemble, "

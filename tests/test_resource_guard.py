@@ -1,0 +1,119 @@
+"""Ensemble and batch sizes are checked against the memory estimate before anything is allocated
+(issue 17, item 2): each test is named after an argument that exhausted memory before."""
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from hgdefend import HyperGAN, TrainConfig, Trainer, load_data, save_model
+from hgdefend.cli.main import cli
+from hgdefend.hypergan import ensemble_bytes
+from hgdefend.resources import ResourceLimitError
+from hgdefend.targets import digits_small
+
+REFUSAL = r"needs about [0-9.]+ [KMGTP]i?B, more than the memory limit of 1\.0 GiB"
+
+
+def _small():
+    torch.manual_seed(0)
+    return HyperGAN(digits_small(), noise_dim=16, code_dim=8, hidden=32)
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_model(path, _small(), dataset={"name": "digits", "classes": list(range(10))}, training={"steps": 3})
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def _limit(monkeypatch):
+    monkeypatch.setenv("HGDEFEND_MAX_MEMORY", "1G")
+
+
+def _one_line_refusal(res, name):
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {name}"), res.output
+    assert "more than the memory limit of 1.0 GiB" in lines[0] and "--max-memory" in lines[0]
+
+
+def test_estimate_counts_weights_generators_and_activations():
+    hg = _small()
+    weights = sum(g.numel for g in hg.groups)
+    one = ensemble_bytes(hg.target, 1, hidden=32, noise_dim=16)
+    assert one == 4 * (weights + 32 * len(hg.groups) + 16)
+    assert ensemble_bytes(hg.target, 10, hidden=32, noise_dim=16) == 10 * one
+    with_batch = ensemble_bytes(hg.target, 1, batch=8)
+    assert with_batch > ensemble_bytes(hg.target, 1)
+    assert ensemble_bytes(hg.target, 3, batch=8, training=True) == 2 * 3 * with_batch
+
+
+def test_sampling_1000000000_networks_is_refused_before_allocation():
+    with pytest.raises(ResourceLimitError, match=r"k: 1000000000 networks: " + REFUSAL):
+        _small().ensemble(1_000_000_000)
+    assert _small().ensemble(3).k == 3  # small ensembles are untouched
+
+
+def test_members_1000000000_in_evaluate_is_refused_before_training(model_file, monkeypatch, tmp_path):
+    res = CliRunner().invoke(
+        cli, ["evaluate", "-m", model_file, "--members", "1000000000", "--out", str(tmp_path / "r"), "-q"]
+    )
+    _one_line_refusal(res, "members: 2 ensembles of 1000000000 networks")
+    # without a model file the refusal comes before the default HyperGAN is trained
+    import hgdefend.evaluate.pipeline as pipeline
+
+    def no_training(*a, **k):  # pragma: no cover - reached only if the guard failed
+        raise AssertionError("trained before checking --members")
+
+    monkeypatch.setattr(pipeline, "train_model", no_training)
+    res = CliRunner().invoke(cli, ["evaluate", "--members", "1000000000", "--out", str(tmp_path / "s"), "-q"])
+    _one_line_refusal(res, "members: 2 ensembles")
+    assert not (tmp_path / "s").exists()
+
+
+def test_members_1000000000_in_export_is_refused(model_file, tmp_path):
+    out = tmp_path / "e.onnx"
+    res = CliRunner().invoke(cli, ["export", "-m", model_file, "-k", "1000000000", "--out", str(out)])
+    assert res.exit_code == 2 and "k: at most 1000000 networks fit an exported file" in res.output
+    res = CliRunner().invoke(cli, ["export", "-m", model_file, "-k", "900000", "--out", str(out)])
+    _one_line_refusal(res, "k: 900000 networks in the graph")
+    assert not out.exists() and not list(tmp_path.glob(".e.onnx*"))
+
+
+def test_parity_batch_huge_in_export_is_refused(model_file, tmp_path):
+    args = [
+        "export",
+        "-m",
+        model_file,
+        "-k",
+        "4",
+        "--parity-batch",
+        "100000000",
+        "--out",
+        str(tmp_path / "e"),
+    ]
+    _one_line_refusal(CliRunner().invoke(cli, args), "k: 4 networks in the graph (torch, ONNX and "
+                      "onnxruntime copies) and a parity batch of 100000000")  # fmt: skip
+
+
+def test_nets_per_step_1e7_in_train_is_refused(tmp_path):
+    res = CliRunner().invoke(
+        cli, ["train", "--nets-per-step", "10000000", "--steps", "1", "--out", str(tmp_path / "t"), "-q"]
+    )
+    _one_line_refusal(res, "nets_per_step: 10000000 networks × batch_size")
+    assert not (tmp_path / "t" / "model.safetensors").exists()
+
+
+def test_batch_size_huge_with_many_nets_in_train_is_refused():
+    data = load_data("digits")
+    with pytest.raises(
+        ResourceLimitError, match=f"nets_per_step: 100000 networks × batch_size {len(data.train)} "
+    ):
+        Trainer(_small(), data.train, TrainConfig(steps=1, nets_per_step=100_000, batch_size=10**9))
+
+
+def test_max_memory_flag_raises_the_limit_and_names_itself(model_file, tmp_path):
+    args = ["evaluate", "-m", model_file, "--members", "1000000000", "--out", str(tmp_path / "r"), "-q"]
+    res = CliRunner().invoke(cli, [*args, "--max-memory", "2G"])
+    assert res.exit_code == 2 and "memory limit of 2.0 GiB" in res.output, res.output
