@@ -77,6 +77,10 @@ def detect(onnx_path, input_path, expected_sha256, labels_path, invalid, fmt, ou
     from ..export.runtime import OnnxDetector
 
     check_threads(threads)
+    if out is not None:  # before any work: never the input, never through a planted link
+        from ..fileio import check_output
+
+        check_output(out, refuse=[onnx_path, input_path, labels_path], name="--out")
     det = OnnxDetector(onnx_path, device=device, threads=threads, expected_sha256=expected_sha256)
     x = load_inputs(input_path, "--input")
     labels = None
@@ -99,7 +103,7 @@ def detect(onnx_path, input_path, expected_sha256, labels_path, invalid, fmt, ou
     else:
         from ..fileio import atomic_write
 
-        atomic_write(out, buf.getvalue())
+        atomic_write(out, buf.getvalue(), refuse=[onnx_path, input_path, labels_path], name="--out")
     if quiet or (out is None and labels is None):
         return
     summary = det.summary(outputs, labels)

@@ -69,6 +69,9 @@ def cli() -> None:
 
 
 def main() -> None:
+    from ..fileio import install_signal_cleanup
+
+    install_signal_cleanup()  # SIGTERM/SIGHUP: an interrupted write removes its temporary file
     cli(prog_name="hgdefend")
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
 from ..vocab import DIVERSITY_OBJECTIVES, REGULARISERS
 from .common import CLIError, common_options, friendly_errors, set_threads
+
+OUTPUTS = ("model.safetensors", "checkpoint.safetensors", "train_log.json")
+"""The files ``train`` writes into ``--out``."""
 
 
 @click.command()
@@ -75,14 +77,16 @@ def train(dataset, data_root, download, in_classes, out_dir, steps, nets_per_ste
           threads, quiet) -> None:  # fmt: skip
     """Train a HyperGAN on DATASET and save OUT/model.safetensors."""
     from ..data import load_data
-    from ..fileio import atomic_write
+    from ..fileio import atomic_write, check_output
     from ..io import save_model
     from ..recipes import train_model
     from ..training import resolve_device
 
     set_threads(threads)
     dev = resolve_device(device)
-    out = Path(out_dir)
+    out = check_output(out_dir, name="--out")
+    for name in OUTPUTS:  # before training: a link planted at a name we write is refused now
+        check_output(out / name, refuse=[dataset], name="--out")
     ckpt = out / "checkpoint.safetensors"
     if resume and not ckpt.is_file():
         raise CLIError(f"--resume: no checkpoint at {ckpt}")

@@ -26,6 +26,7 @@ import torch
 from .. import __version__
 from ..data import DataSplits, load_data, load_ood
 from ..errors import HgdefendError
+from ..fileio import check_output
 from ..hypergan import check_ensemble_memory
 from ..io import LoadedModel, load_model, save_model
 from ..recipes import default_recipe, default_spec, train_model
@@ -49,7 +50,7 @@ from .options import EvaluateOptions, resolve_in_classes
 from .progress import progress_enabled
 from .provenance import data_section, model_section, render_data, render_model, render_training
 from .render import render_html, render_markdown
-from .report import write_report
+from .report import REPORT_FILES, write_report
 from .summary import summarise
 
 
@@ -147,6 +148,15 @@ def _check_model_fits(loaded: LoadedModel, data: DataSplits) -> None:
         )
 
 
+def _check_outputs(opts: EvaluateOptions) -> None:
+    """Before any work: the output folder and the names written in it are not symbolic links and
+    not the command's inputs (plots are checked as they are written)."""
+    out = check_output(opts.out, name="out")
+    inputs = [opts.model, opts.onnx, opts.dataset]
+    for name in (*REPORT_FILES.values(), "model.safetensors"):
+        check_output(out / name, refuse=inputs, name="out")
+
+
 def _check_members_fit(opts: EvaluateOptions, data: DataSplits, loaded: LoadedModel | None) -> None:
     """Refuse ``members`` before any training or sampling when the two ensembles (fixed and fresh)
     and their member logits on the scored splits would not fit the memory limit."""
@@ -189,6 +199,7 @@ def run_evaluate(opts: EvaluateOptions, command: str | None = None) -> tuple[dic
     t0 = time.perf_counter()
     opts = opts.checked()
     parse_fail_under(opts.fail_under)  # bad syntax fails before any training
+    _check_outputs(opts)
     progress = progress_enabled(opts.quiet, opts.progress)
     device = resolve_device(opts.device)
     if opts.onnx is not None:

@@ -244,11 +244,13 @@ def plot_attack_success(methods: list[Mapping], path: str | os.PathLike) -> Path
 
 def _save(fig, path: str | os.PathLike) -> Path:
     plt = _pyplot()
+    from ..fileio import atomic_path
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     try:
         fig.tight_layout()
-        fig.savefig(p, dpi=110, format="png")
+        with atomic_path(p, suffix=".png.tmp") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
     return p

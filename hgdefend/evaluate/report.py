@@ -11,6 +11,7 @@ from typing import Any
 from ..fileio import atomic_write
 
 SCHEMA_VERSION = 2
+REPORT_FILES = {"json": "report.json", "markdown": "report.md", "html": "report.html"}
 
 
 def _json_default(obj: Any) -> Any:
@@ -35,7 +36,7 @@ def write_report(
 ) -> dict[str, Path]:
     """Write the three files into ``out_dir``; return their paths by kind."""
     out = Path(out_dir)
-    paths = {"json": out / "report.json", "markdown": out / "report.md", "html": out / "report.html"}
+    paths = {kind: out / name for kind, name in REPORT_FILES.items()}
     atomic_write(paths["json"], report_json(report))
     atomic_write(paths["markdown"], markdown)
     atomic_write(paths["html"], html)

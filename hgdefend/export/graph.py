@@ -43,7 +43,7 @@ from .. import __version__
 from ..detectors.detector import ScoreDetector
 from ..detectors.scores import SCORE_FUNCTIONS, SCORES, check_score_name
 from ..ensemble import SampledEnsemble
-from ..fileio import atomic_path
+from ..fileio import atomic_path, check_output
 from ..hypergan import HyperGAN
 from ..io import LoadedModel, load_model, tensors_sha256
 from ..probabilities import mean_probs
@@ -197,7 +197,8 @@ def export_onnx(
         raise HgdefendError("threshold: give either a threshold or calibration inputs, not both")
     if threshold is not None and not math.isfinite(float(threshold)):
         raise HgdefendError(f"threshold: expected a finite number, got {threshold!r}")
-    out_path = Path(out)
+    inputs = [v for v in (source, calibration, parity_inputs) if isinstance(v, (str, os.PathLike))]
+    out_path = check_output(out, refuse=inputs)
     if out_path.is_dir():
         raise HgdefendError(f"out: {str(out_path)!r} is a folder; give a file name such as ensemble.onnx")
 
@@ -270,7 +271,7 @@ def export_onnx(
 
     # Parity runs on the temporary file; atomic_path renames it onto out_path only when parity
     # passed and deletes it otherwise (a file already at out_path stays untouched).
-    with atomic_path(out_path) as tmp:
+    with atomic_path(out_path, refuse=inputs) as tmp:
         tmp.write_bytes(data)
         real = _parity_real_inputs(parity_inputs, calib_x, ens, dataset_cfg, data_root)
         parity = check_parity(
