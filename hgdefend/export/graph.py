@@ -208,6 +208,12 @@ def export_onnx(
             "model: only classification targets can be exported (detector scores need classes)"
         )
     ens = ens.to("cpu")
+    bad = [n for n, t in ens.params.items() if not bool(torch.isfinite(t).all())]
+    if bad:  # its scores would be NaN: a detector that never flags (parity compares NaN as equal)
+        raise HgdefendError(
+            f"model: the sampled networks have NaN or infinite weights ({', '.join(bad[:3])}); "
+            "refusing to export them"
+        )
 
     fpr: float | None = None
     threshold_source = "none"

@@ -84,9 +84,13 @@ def check_parity(
             "boundary_ties": int(arg_tie.sum() + flag_tie.sum()),
             "input_valid_mismatches": int((~got["input_valid"]).sum()),
         }
+        row["non_finite"] = _non_finite(logits.numpy(), probs, *scores.values(), *got.values())
         rows.append(row)
         bad_flags = (flag_bad & ~flag_tie).any()
-        if dprob > tolerance or (arg_bad & ~arg_tie).any() or bad_flags or row["input_valid_mismatches"]:
+        # ``not <=``: a NaN difference fails (NaN > tolerance is False), and so does any NaN or inf
+        # in either side's logits, probabilities or scores on these valid inputs.
+        if (not dprob <= tolerance or (arg_bad & ~arg_tie).any() or bad_flags
+                or row["input_valid_mismatches"] or row["non_finite"]):  # fmt: skip
             failures.append(row)
     # The invalid inputs are edits of the least suspicious input seen, so that a flag on them comes
     # from the validity check, not from a score that was above the threshold anyway.
@@ -99,11 +103,19 @@ def check_parity(
         failures.append(row)
     if failures:
         raise ParityError(
-            f"parity: onnxruntime disagrees with the torch ensemble (tolerance {tolerance:g} on "
-            f"probabilities, identical argmax and flags, invalid inputs flagged); no file was written: "
+            f"parity: onnxruntime disagrees with the torch ensemble or either gives NaN/inf on valid "
+            f"inputs (tolerance {tolerance:g} on probabilities, identical argmax and flags, finite "
+            f"outputs, invalid inputs flagged); no file was written: "
             f"{failures}"
         )
     return rows
+
+
+def _non_finite(*arrays: np.ndarray) -> int:
+    """How many floating-point values in ``arrays`` are NaN or infinite."""
+    return int(
+        sum((~np.isfinite(a)).sum() for a in arrays if np.issubdtype(np.asarray(a).dtype, np.floating))
+    )
 
 
 def _invalid_case(det: OnnxDetector, base: Tensor, lo: float, hi: float, has_flag: bool) -> dict[str, Any]:
