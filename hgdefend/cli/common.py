@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from ..errors import HgdefendError
+from ..text import printable
 
 EXIT_USAGE = 2
 
@@ -22,7 +23,13 @@ class CLIError(click.ClickException):
     exit_code = EXIT_USAGE
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        echo(f"error: {self.format_message()}", err=True)
+
+
+def echo(text: object, *, err: bool = False) -> None:
+    """``click.echo`` of text for people, control characters escaped (strings from files may carry
+    terminal escape sequences: :func:`hgdefend.text.printable`)."""
+    click.echo(printable(text), err=err)
 
 
 def friendly_errors(fn: Callable) -> Callable:

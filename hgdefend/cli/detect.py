@@ -14,7 +14,7 @@ import sys
 import click
 
 from ..vocab import SCORES
-from .common import check_threads, device_option, friendly_errors, quiet_option, threads_option
+from .common import check_threads, device_option, echo, friendly_errors, quiet_option, threads_option
 
 FIELDS = ("index", "predicted_class", "label", "probability", *SCORES, "is_adversarial", "input_valid")
 LABEL_FIELDS = ("true_label", "correct")
@@ -75,6 +75,7 @@ def detect(onnx_path, input_path, expected_sha256, labels_path, invalid, fmt, ou
     """
     from ..export.inputs import check_labels, load_inputs
     from ..export.runtime import OnnxDetector
+    from ..text import csv_cell
 
     check_threads(threads)
     if out is not None:  # before any work: never the input, never through a planted link
@@ -97,7 +98,7 @@ def detect(onnx_path, input_path, expected_sha256, labels_path, invalid, fmt, ou
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+            writer.writerow({k: ("" if v is None else csv_cell(v)) for k, v in row.items()})
     if out is None:
         sys.stdout.write(buf.getvalue())
     else:
@@ -108,7 +109,7 @@ def detect(onnx_path, input_path, expected_sha256, labels_path, invalid, fmt, ou
         return
     summary = det.summary(outputs, labels)
     where = "" if out is None else f"wrote {len(rows)} records to {out}; "
-    click.echo(f"{where}{summary_line(summary)} ({det.providers[0]})", err=True)
+    echo(f"{where}{summary_line(summary)} ({det.providers[0]})", err=True)
 
 
 def _pct(value: float | None) -> str:

@@ -7,7 +7,7 @@ import json
 import click
 
 from ..vocab import REGULARISERS
-from .common import command_line, common_options, friendly_errors, set_threads
+from .common import command_line, common_options, echo, friendly_errors, set_threads
 
 
 @click.command()
@@ -160,9 +160,9 @@ def evaluate(
         )
     elif not quiet:
         for line in summary["lines"]:
-            click.echo(line)
-        click.echo(f"Report: {paths['html']} (also report.md, report.json)")
+            echo(line)
+        echo(f"Report: {paths['html']} (also report.md, report.json)")
     if gate is not None and not gate["passed"]:
         for failure in gate["failures"]:
-            click.echo(f"gate failed: {failure}", err=True)
+            echo(f"gate failed: {failure}", err=True)
         raise SystemExit(1)

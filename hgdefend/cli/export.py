@@ -7,7 +7,15 @@ import json
 import click
 
 from ..vocab import SCORES
-from .common import command_line, friendly_errors, quiet_option, seed_option, set_threads, threads_option
+from .common import (
+    command_line,
+    echo,
+    friendly_errors,
+    quiet_option,
+    seed_option,
+    set_threads,
+    threads_option,
+)
 
 EXIT_PARITY = 1
 
@@ -139,7 +147,7 @@ def export(
             kernel=kernel,
         )
     except ParityError as exc:
-        click.echo(f"error: {exc}", err=True)
+        echo(f"error: {exc}", err=True)
         raise SystemExit(EXIT_PARITY) from exc
     paths = None
     if report_dir is not None:
@@ -156,30 +164,30 @@ def export(
             if result.threshold is None
             else (f"threshold {result.threshold:.6g} on {result.score}, {result.threshold_source}")
         )
-        click.echo(
+        echo(
             f"wrote {result.path} ({result.size_bytes / 1e6:.2f} MB): {result.members} networks, "
             f"seed {result.seed}, kernel {result.kernel}, {thr}"
         )
-        click.echo(f"sha256 {result.sha256} (pin it: hgdefend detect --expected-sha256 ...)")
+        echo(f"sha256 {result.sha256} (pin it: hgdefend detect --expected-sha256 ...)")
         for row in result.parity:
             if row["inputs"] == "invalid":
-                click.echo(
+                echo(
                     f"parity invalid batch {row['batch']:>3}: NaN, ±inf, below and above the input "
                     f"range -> input_valid mismatches {row['input_valid_mismatches']}, unflagged "
                     f"{row['flag_mismatches']}"
                 )
                 continue
-            click.echo(
+            echo(
                 f"parity {row['inputs']:>6} batch {row['batch']:>3}: "
                 f"max |Δp| {row['max_abs_prob_diff']:.2e}, "
                 f"argmax mismatches {row['argmax_mismatches']}, flag mismatches {row['flag_mismatches']}, "
                 f"boundary ties {row['boundary_ties']}"
             )
         if not any(r["inputs"] == "real" for r in result.parity):
-            click.echo(
+            echo(
                 "note: no real inputs were available for the parity check (random inputs only); "
                 "pass --parity-data",
                 err=True,
             )
         if paths is not None:
-            click.echo(f"report of the exported file: {paths['html']} (also report.md, report.json)")
+            echo(f"report of the exported file: {paths['html']} (also report.md, report.json)")

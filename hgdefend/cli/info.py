@@ -7,7 +7,7 @@ import math
 
 import click
 
-from .common import friendly_errors
+from .common import echo, friendly_errors
 
 
 @click.command()
@@ -50,20 +50,20 @@ def info(model: str, as_json: bool) -> None:
         click.echo(json.dumps(out, indent=2))
         return
     cfg = loaded.config
-    click.echo(f"model      {loaded.path}")
-    click.echo(f"sha256     {loaded.sha256}")
-    click.echo(f"format     {cfg['format']} v{cfg['format_version']} (hgdefend {cfg['library_version']})")
-    click.echo(f"target     {cfg['target']['name']} input {cfg['target']['input_shape']} "
+    echo(f"model      {loaded.path}")
+    echo(f"sha256     {loaded.sha256}")
+    echo(f"format     {cfg['format']} v{cfg['format_version']} (hgdefend {cfg['library_version']})")
+    echo(f"target     {cfg['target']['name']} input {cfg['target']['input_shape']} "
                f"({counts['target_network']:,} parameters per sampled network)")  # fmt: skip
-    click.echo(f"hypergan   {json.dumps(cfg['hypergan'])}")
-    click.echo("diversity  " + ("not recorded (no training recipe in the file)" if diversity is None else
+    echo(f"hypergan   {json.dumps(cfg['hypergan'])}")
+    echo("diversity  " + ("not recorded (no training recipe in the file)" if diversity is None else
                                 f"{diversity['objective']} (weight {diversity['weight']:g})"))  # fmt: skip
-    click.echo(f"parameters mixer {counts['mixer']:,}, generators {counts['generators']:,}, "
+    echo(f"parameters mixer {counts['mixer']:,}, generators {counts['generators']:,}, "
                f"discriminator {counts['discriminator']:,}")  # fmt: skip
     if cfg.get("dataset"):
-        click.echo(f"dataset    {json.dumps(cfg['dataset'])}")
+        echo(f"dataset    {json.dumps(cfg['dataset'])}")
     if cfg.get("training"):
-        click.echo(f"training   {json.dumps(cfg['training'])}")
+        echo(f"training   {json.dumps(cfg['training'])}")
 
 
 def _onnx_info(path: str, as_json: bool) -> None:
@@ -96,18 +96,18 @@ def _onnx_info(path: str, as_json: bool) -> None:
         return
     thr = "none (no is_adversarial output)" if out["threshold"] is None else (
         f"{out['threshold']:.6g} on {out['score']} ({meta.get('threshold_source', '')})")  # fmt: skip
-    click.echo(f"onnx       {path}")
-    click.echo(f"sha256     {sha}  (pin with detect --expected-sha256)")
-    click.echo(f"digest     {DIGEST_KEY} {meta[DIGEST_KEY]} (verified: graph and metadata unchanged)")
+    echo(f"onnx       {path}")
+    echo(f"sha256     {sha}  (pin with detect --expected-sha256)")
+    echo(f"digest     {DIGEST_KEY} {meta[DIGEST_KEY]} (verified: graph and metadata unchanged)")
     tools = f"exporter {meta.get('exporter')}, kernel {meta.get('kernel')}, opset {meta.get('opset')}"
-    click.echo(f"format     {out['format']} (hgdefend {meta.get('library_version')}, {tools})")
-    click.echo(f"members    K = {out['members']}, seed {out['seed']}")
-    click.echo(f"threshold  {thr}")
-    click.echo(f"input      {out['input']['name']} {out['input']['dtype']} {out['input']['shape']} "
+    echo(f"format     {out['format']} (hgdefend {meta.get('library_version')}, {tools})")
+    echo(f"members    K = {out['members']}, seed {out['seed']}")
+    echo(f"threshold  {thr}")
+    echo(f"input      {out['input']['name']} {out['input']['dtype']} {out['input']['shape']} "
                f"range {out['input']['range']}; invalid inputs: {meta.get('invalid_inputs')}")  # fmt: skip
-    click.echo(f"classes    {meta.get('class_labels')}")
-    click.echo(f"source     {meta.get('source_model_path') or '—'} ({meta.get('source_model_sha256_of')} "
+    echo(f"classes    {meta.get('class_labels')}")
+    echo(f"source     {meta.get('source_model_path') or '—'} ({meta.get('source_model_sha256_of')} "
                f"sha256 {meta.get('source_model_sha256')})")  # fmt: skip
-    click.echo("outputs")
+    echo("outputs")
     for name, text in out["outputs"].items():
-        click.echo(f"  {name:<26} {text}")
+        echo(f"  {name:<26} {text}")

@@ -47,7 +47,9 @@ class LazyGroup(click.Group):
             sys.exit(exc.exit_code)
         except click.UsageError as exc:
             where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
-            click.echo(f"error: {exc.format_message()}{where}", err=True)
+            from ..text import printable
+
+            click.echo(printable(f"error: {exc.format_message()}{where}"), err=True)
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
             exc.show()

@@ -7,7 +7,7 @@ import json
 import click
 
 from ..vocab import DIVERSITY_OBJECTIVES, REGULARISERS
-from .common import CLIError, common_options, friendly_errors, set_threads
+from .common import CLIError, common_options, echo, friendly_errors, set_threads
 
 OUTPUTS = ("model.safetensors", "checkpoint.safetensors", "train_log.json")
 """The files ``train`` writes into ``--out``."""
@@ -109,7 +109,7 @@ def train(dataset, data_root, download, in_classes, out_dir, steps, nets_per_ste
         indent=2))  # fmt: skip
     if not quiet:
         acc = trained.training["final"].get("ensemble_acc")
-        click.echo(f"wrote {out / 'model.safetensors'} (sha256 {sha[:16]}…) after {result.steps} "
+        echo(f"wrote {out / 'model.safetensors'} (sha256 {sha[:16]}…) after {result.steps} "
                    f"steps, {result.seconds:.1f} s"
                    + (f"; calibration accuracy of a 10-network ensemble {100 * acc:.2f} %"
                       if acc is not None else ""))  # fmt: skip

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import atomic_write
+from ..text import printable
 
 SCHEMA_VERSION = 2
 REPORT_FILES = {"json": "report.json", "markdown": "report.md", "html": "report.html"}
@@ -38,6 +39,7 @@ def write_report(
     out = Path(out_dir)
     paths = {kind: out / name for kind, name in REPORT_FILES.items()}
     atomic_write(paths["json"], report_json(report))
-    atomic_write(paths["markdown"], markdown)
-    atomic_write(paths["html"], html)
+    # Strings from files (paths, labels, dataset names) reach the report: no control characters.
+    atomic_write(paths["markdown"], printable(markdown, keep="\n\t"))
+    atomic_write(paths["html"], printable(html, keep="\n\t"))
     return paths
