@@ -174,6 +174,24 @@ def check_idx(path: Path) -> tuple[int, ...]:
     return dims
 
 
+TRUST_ENV = "HGDEFEND_TRUST_DATA_ROOT"
+
+
+def _check_trusted(name: str, root: Path, trust_data_root: bool | None) -> None:
+    """CIFAR-10's batch files are Python pickles that torchvision unpickles: whoever can write the
+    data root can run code as the user (torchvision's MD5 check guards against corruption, not
+    against a writer who swaps a file after it). Refused unless the user says they trust the folder."""
+    trusted = (
+        os.environ.get(TRUST_ENV, "") in ("1", "true", "yes") if trust_data_root is None else trust_data_root
+    )
+    if name == "cifar10" and not trusted:
+        raise HgdefendError(
+            f"data_root: CIFAR-10's batch files under {str(root)!r} are Python pickles, and loading them "
+            "runs code from the folder; pass --trust-data-root (trust_data_root=True, or "
+            f"{TRUST_ENV}=1) only for a folder you control (see SECURITY.md)"
+        )
+
+
 def _torchvision(name: str, root: Path, download: bool) -> tuple[np.ndarray, ...]:
     import torchvision.datasets as tvd
 
@@ -226,12 +244,16 @@ def load_data(
     split_seed: int = 0,
     calib_fraction: float = 0.2,
     test_fraction: float = 0.2,
+    trust_data_root: bool | None = None,
 ) -> DataSplits:
     """Load a dataset by name (or an ``.npz`` path) into deterministic splits.
 
     Datasets with an official test set (MNIST, Fashion-MNIST, CIFAR-10) train on the official
     training set and split the official test set in halves: calibration and test. Others are
     shuffled once with ``split_seed`` and cut by the given fractions.
+
+    CIFAR-10 is read only with ``trust_data_root=True`` (or ``HGDEFEND_TRUST_DATA_ROOT=1``; ``None``
+    reads the variable): torchvision unpickles its batch files, so the folder is code.
     """
     if name == "cubic":
         x, y, xt, yt = _cubic(split_seed)
@@ -256,7 +278,9 @@ def load_data(
         pool_y = _labels(arrays.pop("y"), len(pool_x), "dataset y")
         tr_x = tr_y = None
     elif name in ("mnist", "fashion-mnist", "cifar10"):
-        a, b, c, d_ = _torchvision(name, _resolve_root(root, name), download)
+        resolved = _resolve_root(root, name)
+        _check_trusted(name, resolved, trust_data_root)
+        a, b, c, d_ = _torchvision(name, resolved, download)
         tr_x, tr_y = _images(a, f"{name} train"), _labels(b, len(a), f"{name} labels")
         pool_x, pool_y = _images(c, f"{name} test"), _labels(d_, len(c), f"{name} labels")
     else:
@@ -335,10 +359,16 @@ def load_data(
 
 
 def load_ood(
-    name: str, like: DataSplits, *, root: str | os.PathLike | None = None, download: bool = False
+    name: str,
+    like: DataSplits,
+    *,
+    root: str | os.PathLike | None = None,
+    download: bool = False,
+    trust_data_root: bool | None = None,
 ) -> Split:
     """The test split of another dataset as an OOD set; its input shape must match ``like``."""
-    other = load_data(name, root=root, download=download, split_seed=like.split_seed)
+    other = load_data(name, root=root, download=download, split_seed=like.split_seed,
+                      trust_data_root=trust_data_root)  # fmt: skip
     if other.input_shape != like.input_shape:
         raise HgdefendError(
             f"ood: {name!r} has input shape {list(other.input_shape)}, the model expects "

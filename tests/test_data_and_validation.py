@@ -65,7 +65,7 @@ def test_cifar10_path_through_torchvision_on_generated_files(tmp_path, monkeypat
 
     # our generated files have other checksums than the real archive
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
-    d = load_data("cifar10", root=root)
+    d = load_data("cifar10", root=root, trust_data_root=True)
     assert d.input_shape == (3, 32, 32) and len(d.train) == 20
 
 

@@ -114,6 +114,14 @@ def max_memory_option() -> Callable:
     )  # fmt: skip
 
 
+def trust_data_root_option() -> Callable:
+    return click.option(
+        "--trust-data-root", is_flag=True,
+        help="Read CIFAR-10 from --data-root: its batch files are Python pickles that torchvision "
+        "unpickles, so the folder runs code; only for a folder you control (SECURITY.md).",
+    )  # fmt: skip
+
+
 def common_options(fn: Callable) -> Callable:
     """--seed, --device, --threads, --quiet, --max-memory (train and evaluate; export and detect
     take a subset)."""

@@ -7,7 +7,7 @@ import json
 import click
 
 from ..vocab import REGULARISERS
-from .common import command_line, common_options, echo, friendly_errors, set_threads
+from .common import command_line, common_options, echo, friendly_errors, set_threads, trust_data_root_option
 
 
 @click.command()
@@ -37,6 +37,7 @@ from .common import command_line, common_options, echo, friendly_errors, set_thr
 )
 @click.option("--data-root", default=None, help="Folder in torchvision's layout.")
 @click.option("--download", is_flag=True, help="Let torchvision download missing data.")
+@trust_data_root_option()
 @click.option(
     "--in-classes",
     default="auto",
@@ -87,6 +88,7 @@ def evaluate(
     dataset,
     data_root,
     download,
+    trust_data_root,
     in_classes,
     ood,
     target_fpr,
@@ -120,6 +122,7 @@ def evaluate(
         dataset=dataset,
         data_root=data_root,
         download=download,
+        trust_data_root=trust_data_root,
         in_classes=in_classes,
         ood=ood,
         target_fpr=target_fpr,

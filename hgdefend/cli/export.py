@@ -15,6 +15,7 @@ from .common import (
     seed_option,
     set_threads,
     threads_option,
+    trust_data_root_option,
 )
 
 EXIT_PARITY = 1
@@ -53,6 +54,7 @@ EXIT_PARITY = 1
     help="The score the flag thresholds.",
 )
 @click.option("--data-root", default=None, help="Folder in torchvision's layout (mnist, ...).")
+@trust_data_root_option()
 @click.option(
     "--parity-data",
     default=None,
@@ -107,6 +109,7 @@ def export(
     target_fpr,
     score,
     data_root,
+    trust_data_root,
     parity_data,
     parity_batch,
     tolerance,
@@ -145,6 +148,7 @@ def export(
             opset=opset,
             data_root=data_root,
             kernel=kernel,
+            trust_data_root=trust_data_root,
         )
     except ParityError as exc:
         echo(f"error: {exc}", err=True)
@@ -153,7 +157,8 @@ def export(
     if report_dir is not None:
         from ..evaluate import EvaluateOptions, run_evaluate
 
-        opts = EvaluateOptions(onnx=out, model=model, data_root=data_root, out=report_dir, quiet=True)
+        opts = EvaluateOptions(onnx=out, model=model, data_root=data_root, out=report_dir, quiet=True,
+                               trust_data_root=trust_data_root)  # fmt: skip
         paths = run_evaluate(opts, command=command_line())[1]
     if as_json:
         click.echo(json.dumps({**result.to_dict(), "report": None if paths is None else {

@@ -7,7 +7,7 @@ import json
 import click
 
 from ..vocab import DIVERSITY_OBJECTIVES, REGULARISERS
-from .common import CLIError, common_options, echo, friendly_errors, set_threads
+from .common import CLIError, common_options, echo, friendly_errors, set_threads, trust_data_root_option
 
 OUTPUTS = ("model.safetensors", "checkpoint.safetensors", "train_log.json")
 """The files ``train`` writes into ``--out``."""
@@ -22,6 +22,7 @@ OUTPUTS = ("model.safetensors", "checkpoint.safetensors", "train_log.json")
 )
 @click.option("--data-root", default=None, help="Folder in torchvision's layout (mnist, ...).")
 @click.option("--download", is_flag=True, help="Let torchvision download missing data.")
+@trust_data_root_option()
 @click.option("--in-classes", default=None, help="Train on these classes only, e.g. 0-4.")
 @click.option(
     "--out",
@@ -71,9 +72,9 @@ OUTPUTS = ("model.safetensors", "checkpoint.safetensors", "train_log.json")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.safetensors.")
 @common_options
 @friendly_errors
-def train(dataset, data_root, download, in_classes, out_dir, steps, nets_per_step, batch_size, lr,
-          regulariser, beta, diversity, diversity_weight, noise_dim, code_dim, hidden, no_mixer,
-          eval_every, checkpoint_every, time_budget, resume, seed, device,
+def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, steps, nets_per_step,
+          batch_size, lr, regulariser, beta, diversity, diversity_weight, noise_dim, code_dim, hidden,
+          no_mixer, eval_every, checkpoint_every, time_budget, resume, seed, device,
           threads, quiet) -> None:  # fmt: skip
     """Train a HyperGAN on DATASET and save OUT/model.safetensors."""
     from ..data import load_data
@@ -90,7 +91,8 @@ def train(dataset, data_root, download, in_classes, out_dir, steps, nets_per_ste
     ckpt = out / "checkpoint.safetensors"
     if resume and not ckpt.is_file():
         raise CLIError(f"--resume: no checkpoint at {ckpt}")
-    data = load_data(dataset, root=data_root, download=download, in_classes=in_classes)
+    data = load_data(dataset, root=data_root, download=download, in_classes=in_classes,
+                     trust_data_root=trust_data_root)  # fmt: skip
     trained = train_model(data, seed=seed, device=dev, steps=steps, nets_per_step=nets_per_step,
                           batch_size=batch_size, lr=lr, regulariser=regulariser, beta=beta,
                           diversity=diversity,

@@ -112,6 +112,7 @@ def onnx_context(
         name,
         root=opts.data_root,
         download=opts.download,
+        trust_data_root=opts.trust_data_root,
         in_classes=resolve_in_classes(opts, name, {"dataset": dataset_cfg}),
     )
     if tuple(data.input_shape) != tuple(det.input_shape):
@@ -128,7 +129,18 @@ def onnx_context(
     if data.ood is not None and len(data.ood):
         oods.append((data.ood_name or "held-out classes", data.ood))
     if opts.ood:
-        oods.append((opts.ood, load_ood(opts.ood, data, root=opts.data_root, download=opts.download)))
+        oods.append(
+            (
+                opts.ood,
+                load_ood(
+                    opts.ood,
+                    data,
+                    root=opts.data_root,
+                    download=opts.download,
+                    trust_data_root=opts.trust_data_root,
+                ),
+            )
+        )
 
     scored = ScoredSplits(progress=progress)
     scored.add_ensemble(NAME, GraphEnsemble(det))

@@ -116,6 +116,7 @@ class EvaluateOptions:
     dataset: str | None = None  # None: the model file's dataset, else digits
     data_root: str | None = None
     download: bool = False
+    trust_data_root: bool = False  # CIFAR-10's pickled batches are read only when True
     in_classes: str | None = "auto"
     ood: str | None = None
     model: str | None = None

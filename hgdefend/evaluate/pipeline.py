@@ -235,6 +235,7 @@ def _model_context(
         dataset,
         root=opts.data_root,
         download=opts.download,
+        trust_data_root=opts.trust_data_root,
         in_classes=resolve_in_classes(opts, dataset, pre.config if pre else None),
     )
     _check_members_fit(opts, data, pre)
@@ -243,7 +244,18 @@ def _model_context(
     if data.ood is not None and len(data.ood):
         oods.append((data.ood_name or "held-out classes", data.ood))
     if opts.ood:
-        oods.append((opts.ood, load_ood(opts.ood, data, root=opts.data_root, download=opts.download)))
+        oods.append(
+            (
+                opts.ood,
+                load_ood(
+                    opts.ood,
+                    data,
+                    root=opts.data_root,
+                    download=opts.download,
+                    trust_data_root=opts.trust_data_root,
+                ),
+            )
+        )
     hg = loaded.hypergan
     model = {
         "path": loaded.path,

@@ -158,6 +158,7 @@ def export_onnx(
     data_root: str | os.PathLike | None = None,
     module: nn.Module | None = None,
     kernel: str = "grouped",
+    trust_data_root: bool | None = None,
 ) -> ExportResult:
     """Freeze K sampled networks into one ONNX file at ``out`` and prove it matches torch.
 
@@ -221,7 +222,7 @@ def export_onnx(
     calib_x: Tensor | None = None
     if calibration is not None:
         fpr = check_fraction(target_fpr, "target_fpr")
-        calib_x, calib_desc = _calibration_inputs(calibration, ens, dataset_cfg, data_root)
+        calib_x, calib_desc = _calibration_inputs(calibration, ens, dataset_cfg, data_root, trust_data_root)
         det = ScoreDetector(ens, score, fpr).fit(calib_x)
         threshold = det.threshold_
         n_calib = det.n_calibration_
@@ -279,7 +280,7 @@ def export_onnx(
     # passed and deletes it otherwise (a file already at out_path stays untouched).
     with atomic_path(out_path, refuse=inputs) as tmp:
         tmp.write_bytes(data)
-        real = _parity_real_inputs(parity_inputs, calib_x, ens, dataset_cfg, data_root)
+        real = _parity_real_inputs(parity_inputs, calib_x, ens, dataset_cfg, data_root, trust_data_root)
         parity = check_parity(
             tmp,
             ens,
@@ -413,7 +414,11 @@ def _export(graph: EnsembleGraph, ens: SampledEnsemble, exporter: str, opset: in
 
 
 def _dataset_inputs(
-    name: str, ens: SampledEnsemble, dataset_cfg: Mapping[str, Any], data_root: str | os.PathLike | None
+    name: str,
+    ens: SampledEnsemble,
+    dataset_cfg: Mapping[str, Any],
+    data_root: str | os.PathLike | None,
+    trust: bool | None = None,
 ) -> Tensor:
     """The calibration split of a named dataset, restricted to the classes the model was trained on."""
     from ..data import load_data
@@ -421,7 +426,7 @@ def _dataset_inputs(
     classes = dataset_cfg.get("classes")
     n_all = dataset_cfg.get("num_classes_all")
     subset = classes if classes and n_all and len(classes) < n_all else None
-    data = load_data(name, root=data_root, in_classes=subset)
+    data = load_data(name, root=data_root, in_classes=subset, trust_data_root=trust)
     if tuple(data.input_shape) != tuple(ens.target.input_shape):
         raise HgdefendError(
             f"calibration: dataset {name!r} has input shape {list(data.input_shape)}, the model expects "
@@ -435,13 +440,14 @@ def _calibration_inputs(
     ens: SampledEnsemble,
     dataset_cfg: Mapping[str, Any],
     data_root: str | os.PathLike | None,
+    trust: bool | None = None,
 ) -> tuple[Tensor, str]:
     if isinstance(calibration, (str, os.PathLike)):
         text = str(calibration)
         if text.endswith((".npy", ".npz")):
             x = ens.check_inputs(load_inputs(text, "calibration"), name="calibration")
             return x, f"{Path(text).name}"
-        return _dataset_inputs(text, ens, dataset_cfg, data_root), f"the {text!r} calibration split"
+        return _dataset_inputs(text, ens, dataset_cfg, data_root, trust), f"the {text!r} calibration split"
     return ens.check_inputs(calibration, name="calibration"), "the given calibration inputs"
 
 
@@ -451,20 +457,21 @@ def _parity_real_inputs(
     ens: SampledEnsemble,
     dataset_cfg: Mapping[str, Any],
     data_root: str | os.PathLike | None,
+    trust: bool | None = None,
 ) -> Tensor | None:
     if parity_inputs is not None:
         if isinstance(parity_inputs, (str, os.PathLike)):
             text = str(parity_inputs)
             if text.endswith((".npy", ".npz")):
                 return ens.check_inputs(load_inputs(text, "parity_inputs"), name="parity_inputs")
-            return _dataset_inputs(text, ens, dataset_cfg, data_root)
+            return _dataset_inputs(text, ens, dataset_cfg, data_root, trust)
         return ens.check_inputs(parity_inputs, name="parity_inputs")
     if calib_x is not None:
         return calib_x
     name = dataset_cfg.get("name")
     if name:
         try:
-            return _dataset_inputs(name, ens, dataset_cfg, data_root)
+            return _dataset_inputs(name, ens, dataset_cfg, data_root, trust)
         except (HgdefendError, OSError):
             return None  # e.g. MNIST without a data root: parity then runs on random inputs only
     return None
