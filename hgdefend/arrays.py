@@ -87,6 +87,45 @@ def read_npz(path: str | os.PathLike, keys: tuple[str, ...], what: str = "datase
     return arrays
 
 
+def npz_keys(path: str | os.PathLike, what: str) -> list[str]:
+    """The array names in an ``.npz`` archive (without reading any array)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return [n.removesuffix(".npy") for n in zf.namelist()]
+    except (zipfile.BadZipFile, OSError) as exc:
+        hint = " (an .npy file renamed .npz?)" if _is_npy(Path(path)) else ""
+        raise HgdefendError(f"{what}: {str(path)!r} is not an .npz (zip) archive{hint}") from exc
+
+
+def read_npy(path: str | os.PathLike, what: str) -> np.ndarray:
+    """An ``.npy`` file, its header (shape, dtype) checked against the memory limit and the file's
+    size before the array is read; object (pickled) arrays refused."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            reader = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }
+            if version not in reader:
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, _, dtype = reader[version](f)
+            offset = f.tell()
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise HgdefendError(f"{what}: {str(p)!r} has a malformed .npy header ({exc})") from exc
+    if dtype.hasobject:
+        raise HgdefendError(f"{what}: {str(p)!r} holds Python objects (pickles); refused")
+    nbytes = math.prod(shape) * dtype.itemsize
+    check_memory(nbytes * WORKING_COPIES, f"{what}: array of shape {list(shape)} {dtype}")
+    if p.stat().st_size - offset < nbytes:
+        raise HgdefendError(f"{what}: {str(p)!r} declares {nbytes} bytes of data but holds fewer: truncated")
+    try:
+        return np.load(p, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise HgdefendError(f"{what}: cannot read {str(p)!r} as a numpy array ({exc})") from exc
+
+
 def _is_npy(p: Path) -> bool:
     try:
         with open(p, "rb") as f:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..arrays import npz_keys, read_npy, read_npz
 from ..errors import HgdefendError
 
 RANGE_SLACK = 1e-6
@@ -29,22 +30,16 @@ def load_inputs(path: str | os.PathLike, name: str = "input") -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise HgdefendError(f"{name}: file {str(p)!r} does not exist")
-    try:
-        if p.suffix == ".npy":
-            return np.load(p, allow_pickle=False)
-        if p.suffix == ".npz":
-            with np.load(p, allow_pickle=False) as f:
-                if "x" in f.files:
-                    return f["x"]
-                if len(f.files) == 1:
-                    return f[f.files[0]]
-                raise HgdefendError(
-                    f"{name}: {str(p)!r} must hold an array 'x' (or one array), has {f.files}"
-                )
-    except HgdefendError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise HgdefendError(f"{name}: cannot read {str(p)!r} as a numpy array ({exc})") from exc
+    # By declared size (hgdefend.arrays): a header declaring a huge array or a zip bomb is refused
+    # before anything is read or inflated.
+    if p.suffix == ".npy":
+        return read_npy(p, name)
+    if p.suffix == ".npz":
+        keys = npz_keys(p, name)
+        if "x" in keys or len(keys) == 1:
+            key = "x" if "x" in keys else keys[0]
+            return read_npz(p, (key,), name)[key]
+        raise HgdefendError(f"{name}: {str(p)!r} must hold an array 'x' (or one array), has {keys[:10]}")
     raise HgdefendError(f"{name}: expected a .npy or .npz file, got {str(p)!r}")
 
 
