@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import DataSplits, Split
+from ..data import DataSplits, Split, load_ood
 from ..detectors.scores import compute_scores
 from ..ensemble import SampledEnsemble
 from ..hypergan import HyperGAN
@@ -28,6 +28,19 @@ from ..probabilities import EnsemblePrediction, ensemble_prediction
 from ..vocab import SCORES
 from .options import AttackOptions, EvaluateOptions
 from .progress import bar
+
+
+def collect_ood_sets(options: EvaluateOptions, data: DataSplits) -> list[tuple[str, Split]]:
+    """The OOD sets a report scores: the held-out classes, then ``--ood DATASET``."""
+    oods = []
+    if data.ood is not None and len(data.ood):
+        oods.append((data.ood_name or "held-out classes", data.ood))
+    if options.ood:
+        other = load_ood(options.ood, data, root=options.data_root, download=options.download,
+                         trust_data_root=options.trust_data_root)  # fmt: skip
+        oods.append((options.ood, other))
+    return oods
+
 
 SCORING_BATCH = 512
 """Inputs per batched forward when scoring a split (every member at once)."""

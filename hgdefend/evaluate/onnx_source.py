@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import load_data, load_ood
+from ..data import load_data
 from ..errors import HgdefendError
 from ..export.fileformat import DIGEST_KEY
 from ..export.runtime import OnnxDetector
 from ..io import LoadedModel, load_model
-from .context import SCORING_BATCH, EvalContext, ScoredSplits
+from .context import SCORING_BATCH, EvalContext, ScoredSplits, collect_ood_sets
 from .options import EvaluateOptions, resolve_in_classes
 
 NAME = "onnx"
@@ -125,22 +125,7 @@ def onnx_context(
             f"onnx: the file's classes are {det.class_labels}, dataset {data.name!r} (with in_classes) "
             f"has {data.classes}"
         )
-    oods = []
-    if data.ood is not None and len(data.ood):
-        oods.append((data.ood_name or "held-out classes", data.ood))
-    if opts.ood:
-        oods.append(
-            (
-                opts.ood,
-                load_ood(
-                    opts.ood,
-                    data,
-                    root=opts.data_root,
-                    download=opts.download,
-                    trust_data_root=opts.trust_data_root,
-                ),
-            )
-        )
+    oods = collect_ood_sets(opts, data)
 
     scored = ScoredSplits(progress=progress)
     scored.add_ensemble(NAME, GraphEnsemble(det))

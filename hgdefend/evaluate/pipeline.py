@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..data import DataSplits, load_data, load_ood
+from ..data import DataSplits, load_data
 from ..errors import HgdefendError
 from ..fileio import check_output
 from ..hypergan import check_ensemble_memory
@@ -40,7 +40,7 @@ from .accuracy import (
     render_diversity,
 )
 from .attacks import attacks_section, render_attacks
-from .context import EvalContext
+from .context import EvalContext, collect_ood_sets
 from .detection import detection_section, render_detection
 from .gate import apply_gate, parse_fail_under, render_gate
 from .onnx_detection import onnx_detection_section, render_onnx_detection
@@ -240,22 +240,7 @@ def _model_context(
     )
     _check_members_fit(opts, data, pre)
     loaded, training = _obtain_model(opts, data, device, progress, pre)
-    oods = []
-    if data.ood is not None and len(data.ood):
-        oods.append((data.ood_name or "held-out classes", data.ood))
-    if opts.ood:
-        oods.append(
-            (
-                opts.ood,
-                load_ood(
-                    opts.ood,
-                    data,
-                    root=opts.data_root,
-                    download=opts.download,
-                    trust_data_root=opts.trust_data_root,
-                ),
-            )
-        )
+    oods = collect_ood_sets(opts, data)
     hg = loaded.hypergan
     model = {
         "path": loaded.path,
