@@ -46,6 +46,17 @@ def _groups(groups: Mapping[str, object], clean: str | None) -> tuple[str, dict[
     return clean, out
 
 
+def _against_clean(groups: Mapping[str, object], clean: str | None, what: str):
+    """(clean name, [(name, scores, labels, clean+suspect scores)]) for each non-clean group."""
+    clean, g = _groups(groups, clean)
+    if len(g) < 2:
+        raise HgdefendError(f"groups: a {what} needs the clean group and at least one other")
+    c = g[clean]
+    pairs = [(name, s, np.r_[np.zeros(c.size), np.ones(s.size)], np.r_[c, s])
+             for name, s in g.items() if name != clean]  # fmt: skip
+    return clean, pairs
+
+
 def plot_roc(
     groups: Mapping[str, object],
     path: str | os.PathLike,
@@ -58,15 +69,10 @@ def plot_roc(
     from sklearn.metrics import roc_auc_score, roc_curve
 
     plt = _pyplot()
-    clean, g = _groups(groups, clean)
-    if len(g) < 2:
-        raise HgdefendError("groups: a ROC curve needs the clean group and at least one other")
+    clean, pairs = _against_clean(groups, clean, "ROC curve")
+    c = _groups(groups, clean)[1][clean]
     fig, ax = plt.subplots(figsize=(5, 5))
-    c = g[clean]
-    for name, s in g.items():
-        if name == clean:
-            continue
-        y, sc = np.r_[np.zeros(c.size), np.ones(s.size)], np.r_[c, s]
+    for name, s, y, sc in pairs:
         fpr, tpr, _ = roc_curve(y, sc)
         line = ax.plot(fpr, tpr, label=f"{name} (AUROC {roc_auc_score(y, sc):.3f})")[0]
         if threshold is not None:
@@ -104,15 +110,9 @@ def plot_det(
     from sklearn.metrics import DetCurveDisplay
 
     plt = _pyplot()
-    clean, g = _groups(groups, clean)
-    if len(g) < 2:
-        raise HgdefendError("groups: a DET curve needs the clean group and at least one other")
+    clean, pairs = _against_clean(groups, clean, "DET curve")
     fig, ax = plt.subplots(figsize=(5, 5))
-    c = g[clean]
-    for name, s in g.items():
-        if name == clean:
-            continue
-        y, sc = np.r_[np.zeros(c.size), np.ones(s.size)], np.r_[c, s]
+    for name, _, y, sc in pairs:
         DetCurveDisplay.from_predictions(y, sc, ax=ax, name=name)
     ax.set(title=title, xlabel=f"false-positive rate ({clean})", ylabel="miss rate (not flagged)")
     ax.legend(loc="upper right", fontsize=8)
