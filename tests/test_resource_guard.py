@@ -117,3 +117,21 @@ def test_max_memory_flag_raises_the_limit_and_names_itself(model_file, tmp_path)
     args = ["evaluate", "-m", model_file, "--members", "1000000000", "--out", str(tmp_path / "r"), "-q"]
     res = CliRunner().invoke(cli, [*args, "--max-memory", "2G"])
     assert res.exit_code == 2 and "memory limit of 2.0 GiB" in res.output, res.output
+
+
+def test_export_and_detect_take_max_memory(model_file, tmp_path):
+    args = [
+        "export",
+        "-m",
+        model_file,
+        "-k",
+        "900000",
+        "--out",
+        str(tmp_path / "e.onnx"),
+        "--max-memory",
+        "2G",
+    ]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 2 and "memory limit of 2.0 GiB" in res.output, res.output
+    res = CliRunner().invoke(cli, ["detect", "--help"])
+    assert "--max-memory" in res.output

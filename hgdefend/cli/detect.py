@@ -14,7 +14,15 @@ import sys
 import click
 
 from ..vocab import SCORES
-from .common import check_threads, device_option, echo, friendly_errors, quiet_option, threads_option
+from .common import (
+    check_threads,
+    device_option,
+    echo,
+    friendly_errors,
+    max_memory_option,
+    quiet_option,
+    threads_option,
+)
 
 FIELDS = ("index", "predicted_class", "label", "probability", *SCORES, "is_adversarial", "input_valid")
 LABEL_FIELDS = ("true_label", "correct")
@@ -63,6 +71,7 @@ LABEL_FIELDS = ("true_label", "correct")
 @device_option("'auto' (onnxruntime's CUDA provider when usable, else CPU), 'cpu', 'cuda', 'cuda:N'.")
 @threads_option("onnxruntime intra-op threads (default: onnxruntime's choice).")
 @quiet_option("No summary on stderr.")
+@max_memory_option()
 @friendly_errors
 def detect(onnx_path, input_path, expected_sha256, labels_path, invalid, fmt, out, batch_size, device,
            threads, quiet) -> None:  # fmt: skip

@@ -11,6 +11,7 @@ from .common import (
     command_line,
     echo,
     friendly_errors,
+    max_memory_option,
     quiet_option,
     seed_option,
     set_threads,
@@ -98,6 +99,7 @@ EXIT_PARITY = 1
 @seed_option("Seed of the weight draw.")
 @threads_option()
 @quiet_option("No summary.")
+@max_memory_option()
 @friendly_errors
 def export(
     model,
