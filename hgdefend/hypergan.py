@@ -28,6 +28,17 @@ def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, n_out))
 
 
+def _hypergan_params(noise: int, code: int, hidden: int, groups: list, mixer: bool, disc: bool) -> int:
+    """Parameters of the MLPs a HyperGAN builds (counted before building them)."""
+
+    def mlp(n_in: int, n_out: int) -> int:
+        return n_in * hidden + hidden + hidden * n_out + n_out
+
+    total = sum(mlp(code, g.numel) for g in groups)
+    total += mlp(noise, len(groups) * code) if mixer else 0
+    return total + (mlp(code, 1) if disc else 0)
+
+
 def ensemble_bytes(
     target: Target, k: int, *, hidden: int = 0, noise_dim: int = 0, batch: int = 0, training: bool = False
 ) -> int:
@@ -111,6 +122,10 @@ class HyperGAN(nn.Module):
                 f"noise_dim: without a mixer it must equal layers × code_dim = {n_codes}, "
                 f"got {self.noise_dim}"
             )
+        check_memory(4 * _hypergan_params(self.noise_dim, self.code_dim, self.hidden, self.groups,
+                                          self.use_mixer, regulariser == "gan"),
+                     f"hidden: a HyperGAN with hidden={self.hidden}, code_dim={self.code_dim}, "
+                     f"noise_dim={self.noise_dim}")  # fmt: skip
         self.mixer = _mlp(self.noise_dim, self.hidden, n_codes) if self.use_mixer else None
         self.generators = nn.ModuleList(_mlp(self.code_dim, self.hidden, g.numel) for g in self.groups)
         self.discriminator = _mlp(self.code_dim, self.hidden, 1) if regulariser == "gan" else None

@@ -135,3 +135,15 @@ def test_export_and_detect_take_max_memory(model_file, tmp_path):
     assert res.exit_code == 2 and "memory limit of 2.0 GiB" in res.output, res.output
     res = CliRunner().invoke(cli, ["detect", "--help"])
     assert "--max-memory" in res.output
+
+
+def test_hidden_1000000000_in_train_is_refused_before_allocation(tmp_path):
+    res = CliRunner().invoke(
+        cli, ["train", "--hidden", "1000000000", "--steps", "1", "--out", str(tmp_path / "t")]
+    )
+    _one_line_refusal(res, "hidden: a HyperGAN with hidden=1000000000")
+    hg = _small()  # the count matches what is built
+    from hgdefend.hypergan import _hypergan_params
+
+    built = sum(p.numel() for p in hg.parameters())
+    assert _hypergan_params(16, 8, 32, hg.groups, True, True) == built
