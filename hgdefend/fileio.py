@@ -114,3 +114,50 @@ def install_signal_cleanup() -> None:
     for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, None):
             signal.signal(sig, _on_signal)
+
+
+LOCK_NAME = ".hgdefend.lock"
+
+
+class FolderLock:
+    """An exclusive lock on an output folder, taken at a run's first write and held until it ends.
+
+    Two runs writing one folder would otherwise interleave their files (one run's model beside the
+    other's report); with the lock the second is refused with one clear error. Taken lazily
+    (:meth:`acquire`), so a run refused before writing anything leaves no folder behind. Advisory
+    (``flock``); a no-op where the platform has no ``fcntl``.
+    """
+
+    def __init__(self, folder: PathLike, name: str = "out") -> None:
+        self.folder, self.name = Path(folder), name
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if self._fd is not None:
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not on POSIX
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise HgdefendError(
+                f"{self.name}: another hgdefend run is writing to {str(self.folder)!r}; wait for it to "
+                "finish or choose another folder"
+            ) from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

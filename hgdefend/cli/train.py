@@ -78,7 +78,7 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
           threads, quiet) -> None:  # fmt: skip
     """Train a HyperGAN on DATASET and save OUT/model.safetensors."""
     from ..data import load_data
-    from ..fileio import atomic_write, check_output
+    from ..fileio import FolderLock, atomic_write, check_output
     from ..io import save_model
     from ..recipes import train_model
     from ..training import resolve_device
@@ -93,25 +93,27 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
         raise CLIError(f"--resume: no checkpoint at {ckpt}")
     data = load_data(dataset, root=data_root, download=download, in_classes=in_classes,
                      trust_data_root=trust_data_root)  # fmt: skip
-    trained = train_model(data, seed=seed, device=dev, steps=steps, nets_per_step=nets_per_step,
-                          batch_size=batch_size, lr=lr, regulariser=regulariser, beta=beta,
-                          diversity=diversity,
-                          diversity_weight=(1.0 if diversity != "none" else 0.0)
-                          if diversity_weight is None else diversity_weight,
-                          noise_dim=noise_dim, code_dim=code_dim, hidden=hidden, mixer=not no_mixer,
-                          eval_every=eval_every, checkpoint_every=checkpoint_every,
-                          time_budget=time_budget, checkpoint=ckpt, resume=resume,
-                          progress=not quiet)  # fmt: skip
-    result = trained.result
-    sha = save_model(out / "model.safetensors", trained.hypergan, dataset=data.describe(),
-                     training=trained.file_record)  # fmt: skip
-    atomic_write(out / "train_log.json", json.dumps(
-        {"history": result.history, "mixer_pretrain": result.mixer_pretrain, "sha256": sha,
-         "seconds": round(result.seconds, 2)},
-        indent=2))  # fmt: skip
-    if not quiet:
-        acc = trained.training["final"].get("ensemble_acc")
-        echo(f"wrote {out / 'model.safetensors'} (sha256 {sha[:16]}…) after {result.steps} "
-                   f"steps, {result.seconds:.1f} s"
-                   + (f"; calibration accuracy of a 10-network ensemble {100 * acc:.2f} %"
-                      if acc is not None else ""))  # fmt: skip
+    with FolderLock(out, "--out") as lock:
+        lock.acquire()  # a second run into the same folder is refused before it trains
+        trained = train_model(data, seed=seed, device=dev, steps=steps, nets_per_step=nets_per_step,
+                              batch_size=batch_size, lr=lr, regulariser=regulariser, beta=beta,
+                              diversity=diversity,
+                              diversity_weight=(1.0 if diversity != "none" else 0.0)
+                              if diversity_weight is None else diversity_weight,
+                              noise_dim=noise_dim, code_dim=code_dim, hidden=hidden, mixer=not no_mixer,
+                              eval_every=eval_every, checkpoint_every=checkpoint_every,
+                              time_budget=time_budget, checkpoint=ckpt, resume=resume,
+                              progress=not quiet)  # fmt: skip
+        result = trained.result
+        sha = save_model(out / "model.safetensors", trained.hypergan, dataset=data.describe(),
+                         training=trained.file_record)  # fmt: skip
+        atomic_write(out / "train_log.json", json.dumps(
+            {"history": result.history, "mixer_pretrain": result.mixer_pretrain, "sha256": sha,
+             "seconds": round(result.seconds, 2)},
+            indent=2))  # fmt: skip
+        if not quiet:
+            acc = trained.training["final"].get("ensemble_acc")
+            echo(f"wrote {out / 'model.safetensors'} (sha256 {sha[:16]}…) after {result.steps} "
+                       f"steps, {result.seconds:.1f} s"
+                       + (f"; calibration accuracy of a 10-network ensemble {100 * acc:.2f} %"
+                          if acc is not None else ""))  # fmt: skip

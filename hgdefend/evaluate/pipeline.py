@@ -26,7 +26,7 @@ import torch
 from .. import __version__
 from ..data import DataSplits, load_data
 from ..errors import HgdefendError
-from ..fileio import check_output
+from ..fileio import FolderLock, check_output
 from ..hypergan import check_ensemble_memory
 from ..io import LoadedModel, load_model, save_model
 from ..recipes import default_recipe, default_spec, train_model
@@ -173,12 +173,18 @@ def _check_members_fit(opts: EvaluateOptions, data: DataSplits, loaded: LoadedMo
 
 
 def _obtain_model(
-    opts: EvaluateOptions, data: DataSplits, device: torch.device, progress: bool, loaded: LoadedModel | None
+    opts: EvaluateOptions,
+    data: DataSplits,
+    device: torch.device,
+    progress: bool,
+    loaded: LoadedModel | None,
+    lock: FolderLock,
 ) -> tuple[LoadedModel, dict[str, Any]]:
     """The ``--model`` file, or the dataset's default HyperGAN trained now and saved beside the report."""
     if loaded is not None:
         _check_model_fits(loaded, data)
         return loaded, {"source": "file", "path": loaded.path, **(loaded.config.get("training") or {})}
+    lock.acquire()  # before training: a second run into the same folder is refused now, not after it
     trained = train_model(
         data,
         seed=opts.seed,
@@ -202,10 +208,17 @@ def run_evaluate(opts: EvaluateOptions, command: str | None = None) -> tuple[dic
     _check_outputs(opts)
     progress = progress_enabled(opts.quiet, opts.progress)
     device = resolve_device(opts.device)
+    with FolderLock(opts.out) as lock:
+        return _run(opts, command, device, progress, lock, t0)
+
+
+def _run(opts: EvaluateOptions, command: str | None, device: torch.device, progress: bool, lock: FolderLock,
+         t0: float) -> tuple[dict[str, Any], dict[str, Path]]:  # fmt: skip
     if opts.onnx is not None:
         ctx, head = onnx_context(opts, device, progress)
     else:
-        ctx, head = _model_context(opts, device, progress)
+        ctx, head = _model_context(opts, device, progress, lock)
+    lock.acquire()  # plots and the report are written from here on
     meta = environment(seed=head["seed"], device=device, model_sha256=head["model_sha256"], command=command)
     meta.update(head.get("meta", {}))
     report: dict[str, Any] = {"title": head["title"], "summary": {}, "findings": [], "meta": meta}
@@ -225,7 +238,7 @@ def run_evaluate(opts: EvaluateOptions, command: str | None = None) -> tuple[dic
 
 
 def _model_context(
-    opts: EvaluateOptions, device: torch.device, progress: bool
+    opts: EvaluateOptions, device: torch.device, progress: bool, lock: FolderLock
 ) -> tuple[EvalContext, dict[str, Any]]:
     """The context of a model file (or of the model trained now), and the report's title, seed and
     model hash."""
@@ -239,7 +252,7 @@ def _model_context(
         in_classes=resolve_in_classes(opts, dataset, pre.config if pre else None),
     )
     _check_members_fit(opts, data, pre)
-    loaded, training = _obtain_model(opts, data, device, progress, pre)
+    loaded, training = _obtain_model(opts, data, device, progress, pre, lock)
     oods = collect_ood_sets(opts, data)
     hg = loaded.hypergan
     model = {
