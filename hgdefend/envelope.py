@@ -37,14 +37,6 @@ class ModelFileError(HgdefendError):
     """A model file that is missing, corrupt, tampered with or of another format."""
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def tensors_sha256(tensors: Mapping[str, Tensor]) -> str:
     """A digest of names, dtypes, shapes and bytes, independent of header layout."""
     h = hashlib.sha256()

@@ -16,6 +16,7 @@ it) turns SIGTERM and SIGHUP into an exception, so an interrupted write removes 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import tempfile
@@ -26,6 +27,15 @@ from typing import Any
 from .errors import HgdefendError
 
 PathLike = str | os.PathLike
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (what ``expected_sha256`` pins)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _umask() -> int:

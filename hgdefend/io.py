@@ -40,11 +40,11 @@ from .envelope import (
     canonical_json,
     check_shapes,
     content_sha256,
-    file_sha256,
     read_envelope,
     tensors_sha256,
     write_envelope,
 )
+from .fileio import file_sha256
 from .hypergan import HyperGAN
 from .resources import check_memory
 from .schema import SchemaError, check_checkpoint_config, check_model_config, parse_json

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import HgdefendError
+from ..fileio import file_sha256  # noqa: F401 (part of this module's API: what a pin is checked against)
 from ..schema import MAX_WIDTH, SchemaError, int_list, integer, parse_json, string
 from ..schema import number as _number
 from ..vocab import SCORES
@@ -285,12 +286,3 @@ def _pair(value: object) -> list:
 def read_metadata(path: str | os.PathLike, *, expected_sha256: str | None = None) -> dict[str, str]:
     """The hgdefend metadata of an exported file, after the pin, format and integrity checks."""
     return read_file(path, expected_sha256)[1]
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (what ``expected_sha256`` pins)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
