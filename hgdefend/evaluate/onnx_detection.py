@@ -14,6 +14,7 @@ import numpy as np
 
 from ..detectors.metrics import binomial_ci, detection_metrics
 from .context import EvalContext
+from .detection import POOR_AUROC
 from .formatting import fmt, num_ci, pct, pct_ci, table
 from .onnx_source import NAME
 from .plots import plot_score_groups
@@ -79,8 +80,10 @@ def onnx_detection_section(ctx: EvalContext) -> dict[str, Any] | None:
         rows.append({"score": score, "ensemble": NAME, "ood": ood_name, **m})
         gate_rows.append({"name": f"{ood_name} ({score}, exported file)", "auroc": m["auroc"],
                           "aupr": m["aupr"], "tpr": m["tpr_at_threshold"]})  # fmt: skip
-        if m["auroc"] < 0.9:
-            findings.append(f"OOD detection is weak on {ood_name}: AUROC {m['auroc']:.3f} (below 0.9).")
+        if m["auroc"] < POOR_AUROC:
+            findings.append(
+                f"OOD detection is weak on {ood_name}: AUROC {m['auroc']:.3f} (below {POOR_AUROC:g})."
+            )
     groups = {
         "clean test": test_scores,
         **{n: ctx.scored.scores(NAME, f"ood{i}")[score] for i, (n, _) in enumerate(oods)},
