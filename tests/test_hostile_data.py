@@ -120,7 +120,7 @@ def test_device_bogus_and_meta_are_refused(device):
     for command in ("train", "evaluate"):
         res = CliRunner().invoke(cli, [command, "--device", device, "--out", "unused"])
         assert res.exit_code == 2, res.output
-        assert res.output.startswith("error: --device: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        assert res.output.startswith("error: device: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
         assert len(res.output.strip().splitlines()) == 1
 
 
