@@ -12,6 +12,7 @@ import math
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,16 @@ from .resources import check_memory
 
 WORKING_COPIES = 3
 """Arrays are converted (uint8 -> float32, shuffled, split): a lower bound of the copies held."""
+
+
+def _read_header(f: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from an ``.npy`` header (versions 1.0 and 2.0), reading nothing else."""
+    version = np.lib.format.read_magic(f)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f"unsupported .npy version {version}")
+    shape, _, dtype = readers[version](f)
+    return tuple(shape), dtype
 
 
 def declared(
@@ -45,14 +56,7 @@ def declared(
             info = zf.getinfo(names[key])
             try:
                 with zf.open(info) as member:
-                    version = np.lib.format.read_magic(member)
-                    reader = {
-                        (1, 0): np.lib.format.read_array_header_1_0,
-                        (2, 0): np.lib.format.read_array_header_2_0,
-                    }
-                    if version not in reader:
-                        raise ValueError(f"unsupported .npy version {version}")
-                    shape, _, dtype = reader[version](member)
+                    shape, dtype = _read_header(member)
             except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
                 raise HgdefendError(
                     f"{what}: array {key!r} in {str(p)!r} has a malformed .npy header ({exc})"
@@ -103,14 +107,7 @@ def read_npy(path: str | os.PathLike, what: str) -> np.ndarray:
     p = Path(path)
     try:
         with open(p, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            reader = {
-                (1, 0): np.lib.format.read_array_header_1_0,
-                (2, 0): np.lib.format.read_array_header_2_0,
-            }
-            if version not in reader:
-                raise ValueError(f"unsupported .npy version {version}")
-            shape, _, dtype = reader[version](f)
+            shape, dtype = _read_header(f)
             offset = f.tell()
     except (ValueError, OSError, EOFError, SyntaxError) as exc:
         raise HgdefendError(f"{what}: {str(p)!r} has a malformed .npy header ({exc})") from exc
