@@ -141,10 +141,14 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         follows.append("the attack sanity check failed, so the transfer numbers cannot be trusted")
     if not follows:
         measured = att is not None or (transfer is not None and not transfer.get("skipped"))
+        ood = [o for o in (out.get("operating_point") or {}).get("ood") or [] if o.get("tpr") is not None]
+        missed = max(ood, key=lambda o: 1 - o["tpr"]) if ood else None
         follows.append(
-            "within what was measured the detector held at its operating point"
+            "no measured figure fell below the report's warning levels"
+            + (f", yet {pct(1 - missed['tpr'])} of {missed['name']} still pass unflagged at this threshold"
+               if missed and missed["tpr"] < 1 else "")
             + ("" if measured else "; robustness to adversarial inputs was not measured")
-        )
+        )  # fmt: skip
     out["conclusion"] = "What follows: " + "; ".join(follows) + "."
     lines.append(out["conclusion"])
     gate = report.get("gate")
