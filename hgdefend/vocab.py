@@ -16,3 +16,5 @@ PROTOCOL_NAMES = ("paper", "fixed", "adaptive")
 BASELINE_NAMES = ("deep-ensemble", "mc-dropout", "single")
 DIVERSITY_OBJECTIVES = ("none", "repulsion", "offdata", "gradient")
 """Training objectives that push sampled networks apart, beyond the paper's latent regulariser."""
+ADVERSARIAL_METHODS = ("none", "pgd", "fgsm", "trades")
+"""Adversarial training: examples crafted against each step's sampled networks (hgdefend.adversarial)."""
