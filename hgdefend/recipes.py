@@ -81,6 +81,11 @@ def train_model(
     beta: float = 1.0,
     diversity: str = "none",
     diversity_weight: float = 0.0,
+    adversarial: str = "none",
+    adv_eps: float | None = None,
+    adv_steps: int | None = None,
+    adv_alpha: float | None = None,
+    trades_beta: float | None = None,
     noise_dim: int | None = None,
     code_dim: int | None = None,
     hidden: int | None = None,
@@ -97,13 +102,17 @@ def train_model(
     ``None`` keeps the recipe's value. The calibration split is the validation set (evaluated every
     ``eval_every`` steps and at the end); ``checkpoint`` is written every ``checkpoint_every`` steps
     and at the end (its folder is created), and ``resume=True`` continues from it. ``time_budget``
-    (seconds) stops training early and anneals the learning rate over it.
+    (seconds) stops training early and anneals the learning rate over it. ``adversarial`` (with
+    ``adv_eps``, ``adv_steps``, ``adv_alpha``, ``trades_beta``) trains on inputs crafted against each
+    step's networks (:mod:`hgdefend.adversarial`).
     """
     hp, cfg = default_recipe(data)
     hp.update({k: v for k, v in (("noise_dim", noise_dim), ("code_dim", code_dim), ("hidden", hidden)) if v})
     if not mixer:  # each generator reads its own slice of the noise
         hp["noise_dim"] = len(default_spec(data).param_groups) * hp["code_dim"]
-    given = {"steps": steps, "nets_per_step": nets_per_step, "batch_size": batch_size, "lr": lr}
+    given = {"steps": steps, "nets_per_step": nets_per_step, "batch_size": batch_size, "lr": lr,
+             "adv_eps": adv_eps, "adv_steps": adv_steps, "adv_alpha": adv_alpha,
+             "trades_beta": trades_beta}  # fmt: skip
     cfg = replace(  # validates the result (TrainConfig.__post_init__)
         cfg,
         **{k: v for k, v in given.items() if v is not None},
@@ -113,6 +122,7 @@ def train_model(
         seed=seed,
         diversity=diversity,
         diversity_weight=diversity_weight,
+        adversarial=adversarial,
     )
     if checkpoint is not None:
         Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .adversarial import adversarial_loss, check_adversarial
 from .data import Split
 from .diversity import check_diversity, diversity_loss
 from .ensemble import SampledEnsemble
@@ -57,6 +58,11 @@ class TrainConfig:
     strategy: str = "auto"  # member-evaluation strategy (hgdefend.targets.parse_strategy)
     diversity: str = "none"  # an objective from hgdefend.diversity, added with diversity_weight
     diversity_weight: float = 0.0
+    adversarial: str = "none"  # train on inputs crafted against each step's networks (hgdefend.adversarial)
+    adv_eps: float = 0.3  # L∞ budget of those inputs
+    adv_steps: int = 7  # PGD / TRADES steps (FGSM takes one)
+    adv_alpha: float | None = None  # step size; None: 2.5·eps/steps (PGD, TRADES), 1.25·eps (FGSM)
+    trades_beta: float = 6.0  # TRADES' weight of the clean–adversarial KL term
 
     def __post_init__(self) -> None:
         for name in ("steps", "nets_per_step", "batch_size"):
@@ -73,6 +79,7 @@ class TrainConfig:
             raise HgdefendError(f"time_budget_s: expected a number of seconds >= 0, got {budget!r}")
         self.betas = tuple(self.betas)
         self.diversity, self.diversity_weight = check_diversity(self.diversity, self.diversity_weight)
+        check_adversarial(self.adversarial, self.adv_eps, self.adv_steps, self.adv_alpha, self.trades_beta)
         if self.strategy != "auto":
             parse_strategy(self.strategy)  # fail at construction, naming the field
 
@@ -114,6 +121,28 @@ def task_loss(logits: Tensor, y: Tensor, task: str) -> Tensor:
         return F.mse_loss(logits.squeeze(-1), y.expand(logits.shape[0], -1))
     k, b, c = logits.shape
     return F.cross_entropy(logits.reshape(k * b, c), y.repeat(k))
+
+
+def step_loss(
+    forward: Callable[[Params, Tensor], Tensor],
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    task: str,
+    cfg: TrainConfig,
+    g: torch.Generator,
+) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """(task loss, member logits, logs) of one step: on the batch, or adversarial (``cfg.adversarial``)."""
+    if cfg.adversarial == "none":
+        logits = forward(params, x)
+        loss = task_loss(logits, y, task)
+        return loss, logits, {"loss": float(loss.detach())}
+    if task != "classification":
+        raise HgdefendError(f"adversarial: {cfg.adversarial!r} needs a classification target")
+    loss, logits, logs = adversarial_loss(forward, params, x, y, method=cfg.adversarial, eps=cfg.adv_eps,
+                                          steps=cfg.adv_steps, alpha=cfg.adv_alpha,
+                                          trades_beta=cfg.trades_beta, generator=g)  # fmt: skip
+    return loss, logits, {"loss": float(loss.detach()), **logs}
 
 
 @torch.no_grad()
@@ -285,11 +314,12 @@ class Trainer:
         idx = torch.randint(len(self.x), (min(cfg.batch_size, len(self.x)),), generator=g)
         idx = idx.to(self.device)
         xb, yb = self.x[idx], self.y[idx]
-        logits = hg.target.forward(params, xb, strategy=cfg.strategy)
-        loss = task_loss(logits, yb, self.task)
+        loss, logits, logs = step_loss(
+            lambda p, x: hg.target.forward(p, x, strategy=cfg.strategy), params, xb, yb, self.task, cfg, g
+        )
         reg = hg.regulariser_loss(codes, g)
         total = loss + hg.beta * reg
-        logs = {"loss": float(loss.detach()), "reg": float(reg.detach())}
+        logs["reg"] = float(reg.detach())
         if cfg.diversity != "none":
             div = diversity_loss(cfg.diversity, hg.target, params, xb, yb, logits, g, strategy=cfg.strategy)
             total = total + cfg.diversity_weight * div
@@ -398,13 +428,15 @@ def train_members(
 
     def step_fn(step: int, g: torch.Generator) -> dict[str, float]:
         idx = torch.randint(len(x), (min(cfg.batch_size, len(x)),), generator=g).to(dev)
-        logits = target.forward(params, x[idx], dropout=dropout, strategy=cfg.strategy)
-        loss = task_loss(logits, y[idx], target.task) * k  # each member's gradient as if alone
+        loss, _, logs = step_loss(
+            lambda p, xb: target.forward(p, xb, dropout=dropout, strategy=cfg.strategy),
+            params, x[idx], y[idx], target.task, cfg, g,
+        )  # fmt: skip
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * k).backward()  # each member's gradient as if alone
         opt.step()
         sched.step()
-        return {"loss": float(loss.detach()) / k}
+        return logs
 
     history: list[dict[str, float]] = []
     step, secs = _Loop(cfg, progress, f"train {k} member(s)", [opt]).run(

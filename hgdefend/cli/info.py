@@ -44,8 +44,14 @@ def info(model: str, as_json: bool) -> None:
     recipe = (loaded.config.get("training") or {}).get("recipe") or {}
     diversity = ({"objective": recipe["diversity"], "weight": recipe.get("diversity_weight")}
                  if "diversity" in recipe else None)  # fmt: skip
+    adversarial = None
+    if recipe.get("adversarial", "none") != "none":
+        keys = ("adversarial", "adv_eps", "adv_steps", "adv_alpha", "trades_beta")
+        adversarial = {k: recipe.get(k) for k in keys}
+    elif "diversity" in recipe:  # a recipe written before adversarial training existed means none
+        adversarial = {"adversarial": "none"}
     out = {"path": loaded.path, "sha256": loaded.sha256, "parameters": counts, "diversity": diversity,
-           "config": loaded.config}  # fmt: skip
+           "adversarial": adversarial, "config": loaded.config}  # fmt: skip
     if as_json:
         click.echo(json.dumps(out, indent=2))
         return
@@ -58,12 +64,26 @@ def info(model: str, as_json: bool) -> None:
     echo(f"hypergan   {json.dumps(cfg['hypergan'])}")
     echo("diversity  " + ("not recorded (no training recipe in the file)" if diversity is None else
                                 f"{diversity['objective']} (weight {diversity['weight']:g})"))  # fmt: skip
+    echo("adv. train " + _adversarial_line(adversarial))
     echo(f"parameters mixer {counts['mixer']:,}, generators {counts['generators']:,}, "
                f"discriminator {counts['discriminator']:,}")  # fmt: skip
     if cfg.get("dataset"):
         echo(f"dataset    {json.dumps(cfg['dataset'])}")
     if cfg.get("training"):
         echo(f"training   {json.dumps(cfg['training'])}")
+
+
+def _adversarial_line(adv: dict | None) -> str:
+    if adv is None:
+        return "not recorded (no training recipe in the file)"
+    if adv["adversarial"] == "none":
+        return "none (plain training)"
+    line = f"{adv['adversarial']} at L∞ eps {adv['adv_eps']:g}"
+    if adv["adversarial"] != "fgsm":
+        line += f", {adv['adv_steps']} steps"
+    if adv["adversarial"] == "trades":
+        line += f", beta {adv['trades_beta']:g}"
+    return line
 
 
 def _onnx_info(path: str, as_json: bool) -> None:

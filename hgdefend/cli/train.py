@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..vocab import DIVERSITY_OBJECTIVES, REGULARISERS
+from ..vocab import ADVERSARIAL_METHODS, DIVERSITY_OBJECTIVES, REGULARISERS
 from .common import CLIError, common_options, echo, friendly_errors, set_threads, trust_data_root_option
 
 OUTPUTS = ("model.safetensors", "checkpoint.safetensors", "train_log.json")
@@ -56,6 +56,18 @@ OUTPUTS = ("model.safetensors", "checkpoint.safetensors", "train_log.json")
     default=None,
     help="Weight of --diversity [default: 1.0 with an objective, 0 without].",
 )
+@click.option(
+    "--adversarial",
+    type=click.Choice(ADVERSARIAL_METHODS),
+    default="none",
+    show_default=True,
+    help="Adversarial training against each step's sampled networks: pgd (Madry), fgsm (random "
+    "start, cheap), trades (see hgdefend.adversarial).",
+)
+@click.option("--eps", "adv_eps", type=float, default=None, help="L∞ budget of --adversarial [default: 0.3].")
+@click.option("--adv-steps", type=int, default=None, help="Attack steps of pgd/trades [default: 7].")
+@click.option("--adv-alpha", type=float, default=None, help="Attack step size [default: 2.5·eps/steps].")
+@click.option("--trades-beta", type=float, default=None, help="TRADES' KL weight [default: 6].")
 @click.option("--noise-dim", type=int, default=None, help="HyperGAN noise size [default: per dataset].")
 @click.option("--code-dim", type=int, default=None, help="Per-layer code size [default: per dataset].")
 @click.option("--hidden", type=int, default=None, help="Hidden width of mixer and generators.")
@@ -73,7 +85,8 @@ OUTPUTS = ("model.safetensors", "checkpoint.safetensors", "train_log.json")
 @common_options
 @friendly_errors
 def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, steps, nets_per_step,
-          batch_size, lr, regulariser, beta, diversity, diversity_weight, noise_dim, code_dim, hidden,
+          batch_size, lr, regulariser, beta, diversity, diversity_weight, adversarial, adv_eps,
+          adv_steps, adv_alpha, trades_beta, noise_dim, code_dim, hidden,
           no_mixer, eval_every, checkpoint_every, time_budget, resume, seed, device,
           threads, quiet) -> None:  # fmt: skip
     """Train a HyperGAN on DATASET and save OUT/model.safetensors."""
@@ -100,6 +113,8 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
                               diversity=diversity,
                               diversity_weight=(1.0 if diversity != "none" else 0.0)
                               if diversity_weight is None else diversity_weight,
+                              adversarial=adversarial, adv_eps=adv_eps, adv_steps=adv_steps,
+                              adv_alpha=adv_alpha, trades_beta=trades_beta,
                               noise_dim=noise_dim, code_dim=code_dim, hidden=hidden, mixer=not no_mixer,
                               eval_every=eval_every, checkpoint_every=checkpoint_every,
                               time_budget=time_budget, checkpoint=ckpt, resume=resume,
