@@ -124,3 +124,20 @@ def test_dlr_loss_checkpoints_and_registry():
     assert all(0 < w < 3 for w in apgd_checkpoints(3))
     assert ATTACKS["apgd-ce"] is APGDCE and ATTACKS["apgd-dlr"] is APGDDLR
     assert set(ATTACKS) == set(ATTACK_NAMES)
+
+
+def test_detector_aware_loss_lowers_an_input_detectors_score(ens, xy):
+    """A detector that reads the input (here: mean brightness) enters the loss; with lam > 0 the
+    attack keeps that score lower than the plain attack does."""
+    x, y = xy
+
+    def brightness(inp, member_logits):
+        return inp.flatten(1).mean(1) * 100
+
+    plain = APGD(ens, 0.2, steps=10)(x, y)
+    aware_atk = APGD(ens, 0.2, steps=10, detector=brightness, lam=1.0)
+    aware = aware_atk(x, y)
+    assert brightness(aware, None).mean() < brightness(plain, None).mean()
+    assert aware_atk.describe()["loss"] == "ce_mean_prob - lam*detector"
+    with pytest.raises(HgdefendError, match="detector"):
+        APGD(ens, 0.2, detector=brightness, score="entropy", lam=1.0)

@@ -17,6 +17,7 @@ to track the best point is the same average (a single draw would make the bookke
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -69,7 +70,10 @@ class APGD(Attack):
     ``steps`` updates per restart cost ``(steps + 1) × eot_iter`` target calls (one gradient at the
     start point). Per example the result is a point that fools the attacked ensemble if any step of
     any restart found one (the highest-loss such point, so a score-aware loss keeps the score low),
-    else the highest-loss point. ``score``/``lam`` make the loss ``loss − lam × score``.
+    else the highest-loss point. ``score``/``lam`` make the loss ``loss − lam × score``;
+    ``detector`` — a differentiable ``(x, member_logits) -> [B]`` score, for detectors that read the
+    input itself (a trained binary detector) — takes the place of ``score`` so the attacker can
+    fool the classifier and such a detector at once.
     """
 
     name = "apgd-ce"
@@ -88,9 +92,13 @@ class APGD(Attack):
         seed: int = 0,
         score: str | None = None,
         lam: float = 0.0,
+        detector: Callable[[Tensor, Tensor], Tensor] | None = None,
         value_range: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         super().__init__(target, value_range=value_range, score=score, lam=lam)
+        if detector is not None and (score is not None or not callable(detector)):
+            raise HgdefendError("detector: expected a callable (x, member_logits) -> [B], not with score")
+        self.detector = detector
         self.eps = check_eps(eps)
         self.steps = check_positive_int(steps, "steps")
         if loss not in APGD_LOSSES:
@@ -115,7 +123,7 @@ class APGD(Attack):
         self.checkpoints = apgd_checkpoints(self.steps)
 
     # -------------------------------------------------------------- loss
-    def objective(self, member_logits: Tensor, y: Tensor) -> Tensor:
+    def objective(self, member_logits: Tensor, y: Tensor, x: Tensor | None = None) -> Tensor:
         """Per-example attacker loss (CE or DLR of the ensemble's mean probability) − lam × score."""
         if self.loss_name == "ce":
             out = torch.nn.functional.nll_loss(log_mean_probs(member_logits), y, reduction="none")
@@ -123,10 +131,12 @@ class APGD(Attack):
             out = dlr_loss(member_logits, y)
         if self.score is not None and self.lam != 0.0:
             out = out - self.lam * SCORE_FUNCTIONS[self.score](member_logits)
+        if self.detector is not None and self.lam != 0.0:
+            out = out - self.lam * self.detector(x, member_logits)
         return out
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
-        return self.objective(self.logits_fn(x), y)
+        return self.objective(self.logits_fn(x), y, x)
 
     def _eot(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Loss and gradient averaged over ``eot_iter`` target calls, and whether the pooled
@@ -138,7 +148,7 @@ class APGD(Attack):
         for _ in range(self.eot_iter):
             xr = x.detach().requires_grad_(True)
             logits = self.logits_fn(xr)
-            loss = self.objective(logits, y)
+            loss = self.objective(logits, y, xr)
             (grad,) = torch.autograd.grad(loss.sum(), xr)
             loss_sum += loss.detach()
             grad_sum += grad
@@ -215,6 +225,9 @@ class APGD(Attack):
         out = {**super().describe(), "loss": base}
         if self.score is not None:
             out["loss"] = f"{base} - lam*{self.score}"
+        if self.detector is not None:
+            out.update(loss=f"{base} - lam*detector", lam=self.lam,
+                       detector=getattr(self.detector, "__name__", type(self.detector).__name__))  # fmt: skip
         out.update(
             norm=self.norm,
             eps=self.eps,
