@@ -62,6 +62,7 @@ def test_evaluate_with_model_writes_report(trained, tmp_path):
             "--out",
             str(tmp_path),
             "--quiet",
+            "--no-attacks",
         ],
     )
     assert res.exit_code == 0, res.output

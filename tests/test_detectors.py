@@ -321,6 +321,7 @@ def digits_eval(tmp_path_factory):
             "--quiet",
             "--threads",
             "2",
+            "--no-attacks",
         ],
     )
     assert res.exit_code == 0, res.output
@@ -356,7 +357,7 @@ def test_evaluate_gate_exit_codes(digits_eval, tmp_path):
     out, report = digits_eval
     auroc = report["detection"]["gate_rows"][0]["auroc"]
     model = str(out / "model.safetensors")
-    base = ["evaluate", "--model", model, "--members", "10", "--quiet", "--threads", "2"]
+    base = ["evaluate", "--model", model, "--members", "10", "--quiet", "--threads", "2", "--no-attacks"]
     runner = CliRunner()
     passed = runner.invoke(
         cli, [*base, "--out", str(tmp_path / "a"), "--fail-under", f"auroc={auroc - 0.01:.4f}"]
@@ -398,6 +399,7 @@ def test_evaluate_with_ood_dataset_file(digits_eval, tmp_path):
             "--quiet",
             "--out",
             str(tmp_path / "r"),
+            "--no-attacks",
         ],
     )
     assert res.exit_code == 0, res.output

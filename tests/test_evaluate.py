@@ -50,6 +50,7 @@ def evaluated(model_file, noise_npz, tmp_path_factory):
         "--json",
         "--threads",
         "2",
+        "--no-attacks",
     ]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
@@ -63,17 +64,15 @@ def test_json_summary_names_the_operating_point_and_the_report(evaluated, noise_
     lo, hi = op["realised_fpr_ci"]
     assert 0 <= lo <= op["realised_fpr"] <= hi <= 1
     assert [o["name"] for o in op["ood"]] == [str(noise_npz)] and 0 <= op["ood"][0]["tpr"] <= 1
-    assert summary["worst_finding"] is None and "none were run" in summary["lines"][-2]
+    assert summary["worst_finding"] is None and "none were run (--no-attacks)" in summary["lines"][-2]
     assert summary["report"]["html"] == str(out / "report.html")
     report = json.loads((out / "report.json").read_text())
     assert report["summary"]["lines"] == summary["lines"]
 
 
 def test_text_summary_is_a_few_lines_and_progress_stays_out_of_logs(model_file, tmp_path):
-    res = CliRunner().invoke(
-        cli,
-        ["evaluate", "--model", str(model_file), "--members", "5", "--out", str(tmp_path), "--threads", "2"],
-    )
+    args = ["evaluate", "--model", str(model_file), "--members", "5", "--out", str(tmp_path), "--no-attacks"]
+    res = CliRunner().invoke(cli, [*args, "--threads", "2"])
     assert res.exit_code == 0, res.output
     lines = res.stdout.strip().splitlines()
     assert 3 <= len(lines) <= 8 and lines[0].startswith("Accuracy:") and lines[-1].startswith("Report: ")
@@ -165,6 +164,7 @@ def test_evaluate_uses_the_dataset_recorded_in_the_model_file(tmp_path):
             "--quiet",
             "--threads",
             "2",
+            "--no-attacks",
         ],
     )
     assert res.exit_code == 0, res.output
@@ -190,6 +190,7 @@ def test_a_failing_gate_prints_one_line_per_failed_limit(model_file, noise_npz, 
             "2",
             "--fail-under",
             "auroc=1.0,tpr=1.0",
+            "--no-attacks",
         ],
     )
     assert res.exit_code == 1

@@ -68,18 +68,15 @@ def test_a_second_run_into_a_folder_being_written_is_refused(trained_digits, dig
     save_model(model, trained_digits, dataset=digits.describe())
     out = tmp_path / "report"
     runner = CliRunner()
+    evaluate = ["evaluate", "-m", str(model), "--members", "3", "--out", str(out), "-q", "--no-attacks"]
     with FolderLock(out) as held:  # another run is writing there
         held.acquire()
-        res = runner.invoke(
-            cli, ["evaluate", "-m", str(model), "--members", "3", "--out", str(out), "-q", "--threads", "1"]
-        )
+        res = runner.invoke(cli, [*evaluate, "--threads", "1"])
         assert res.exit_code == 2 and "another hgdefend run is writing" in res.output
         assert len(res.output.strip().splitlines()) == 1 and not (out / "report.json").exists()
         res = runner.invoke(cli, ["train", "--steps", "2", "--out", str(out), "-q", "--threads", "1"])
         assert res.exit_code == 2 and "another hgdefend run is writing" in res.output
-    res = runner.invoke(
-        cli, ["evaluate", "-m", str(model), "--members", "3", "--out", str(out), "-q", "--threads", "1"]
-    )
+    res = runner.invoke(cli, [*evaluate, "--threads", "1"])
     assert res.exit_code == 0, res.output
     assert (out / "report.json").is_file()
 

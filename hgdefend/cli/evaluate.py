@@ -54,14 +54,37 @@ from .common import command_line, common_options, echo, friendly_errors, set_thr
     help="False-positive rate the detector threshold is calibrated to.",
 )
 @click.option(
-    "--fail-under", default=None, help="Gate, e.g. auroc=0.9,tpr=0.8: exit 1 when a metric falls below it."
+    "--fail-under",
+    default=None,
+    help="Gate, e.g. auroc=0.9,tpr=0.8,missed=0.05: exit 1 when auroc, aupr or tpr falls below its "
+    "limit, or when more than 'missed' of the attacked inputs are misclassified and not flagged.",
 )
-@click.option("--attacks", default=None, help="Comma list of attacks, e.g. fgsm,pgd (none by default).")
-@click.option("--eps", default=None, help="Comma list of L-inf budgets, e.g. 0.1,0.2,0.3.")
-@click.option("--protocols", default=None, help="Comma list: paper,fixed,adaptive [default: paper,fixed].")
+@click.option(
+    "--attacks",
+    default=None,
+    help="Comma list of attacks for the full suite, e.g. fgsm,pgd [default: a small adaptive section "
+    "(README, 'Attacks'); the other attack options refine either].",
+)
+@click.option(
+    "--no-attacks",
+    is_flag=True,
+    help="Run no attack (the report then says nothing about adversarial inputs).",
+)
+@click.option(
+    "--eps",
+    default=None,
+    help="Comma list of L-inf budgets, e.g. 0.1,0.2,0.3 [default: 0.1,0.3].",
+)
+@click.option(
+    "--protocols",
+    default=None,
+    help="Comma list: paper,fixed,adaptive [default: adaptive; paper,fixed with --attacks].",
+)
 @click.option("--baselines", default=None, help="Comma list: deep-ensemble,mc-dropout,single.")
-@click.option("--attack-inputs", type=int, default=None, help="Test inputs attacked [default: 200].")
-@click.option("--attack-steps", type=int, default=None, help="PGD steps [default: 40].")
+@click.option(
+    "--attack-inputs", type=int, default=None, help="Test inputs attacked [default: 100; 200 with --attacks]."
+)
+@click.option("--attack-steps", type=int, default=None, help="PGD steps [default: 20; 40 with --attacks].")
 @click.option("--members", type=int, default=100, show_default=True, help="Ensemble size K.")
 @click.option("--train-steps", type=int, default=None, help="Steps when training (no --model).")
 @click.option(
@@ -94,6 +117,7 @@ def evaluate(
     target_fpr,
     fail_under,
     attacks,
+    no_attacks,
     eps,
     protocols,
     baselines,
@@ -127,6 +151,7 @@ def evaluate(
         ood=ood,
         target_fpr=target_fpr,
         fail_under=fail_under,
+        no_attacks=no_attacks,
         attacks=attacks,
         eps=eps,
         protocols=protocols,

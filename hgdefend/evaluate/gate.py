@@ -1,7 +1,10 @@
-"""The ``--fail-under`` gate: CI fails a build when a detector falls below a limit.
+"""The ``--fail-under`` gate: CI fails a build when a detector falls below a limit, or when too
+many attacked inputs get through.
 
-Any section may carry ``gate_rows`` (``[{"name", "auroc", "aupr", "tpr"}, ...]``); the gate
-checks all of them, so the attacks section joins it by adding rows.
+Any section may carry ``gate_rows`` (``[{"name", "auroc", "aupr", "tpr", "missed"?}, ...]``); the
+gate checks all of them, so the attacks section joins it by adding rows. ``auroc``, ``aupr`` and
+``tpr`` are lower bounds; ``missed`` (the share of attacked inputs misclassified by the scoring
+ensemble and not flagged, carried by attack rows only) is an upper bound.
 """
 
 from __future__ import annotations
@@ -12,12 +15,21 @@ from typing import Any
 from ..errors import HgdefendError
 from .formatting import fmt, table
 
-GATE_METRICS = {"auroc": "auroc", "aupr": "aupr", "tpr": "tpr_at_threshold"}
-"""``--fail-under`` key → metric name in a detection row."""
+GATE_METRICS = {"auroc": "auroc", "aupr": "aupr", "tpr": "tpr_at_threshold", "missed": "missed_and_wrong"}
+"""``--fail-under`` key → metric name in a detection or attack row."""
+UPPER_BOUNDS = frozenset({"missed"})
+"""Keys whose limit is a maximum (the gate fails above it); the others are minimums."""
+NOT_MEASURED = {"missed": "no attack was run"}
+"""Why a key has no row to check, where it differs from the default reason."""
+
+
+def _op(key: str) -> tuple[str, str]:
+    """(operator that passes, operator that fails) for a key: ('>=', '<') or ('<=', '>')."""
+    return ("<=", ">") if key in UPPER_BOUNDS else (">=", "<")
 
 
 def parse_fail_under(text: str | None) -> dict[str, float]:
-    """'auroc=0.9,tpr=0.8' → {'auroc': 0.9, 'tpr': 0.8}; empty/None → {} (no gate)."""
+    """'auroc=0.9,tpr=0.8,missed=0.05' → {'auroc': 0.9, 'tpr': 0.8, 'missed': 0.05}; empty/None → {}."""
     if text is None or not text.strip():
         return {}
     out: dict[str, float] = {}
@@ -26,18 +38,17 @@ def parse_fail_under(text: str | None) -> dict[str, float]:
         key = key.strip().lower()
         if not sep or not key:
             raise HgdefendError(
-                f"fail_under: expected KEY=VALUE pairs like 'auroc=0.9,tpr=0.8', got {part!r}"
+                f"fail_under: expected KEY=VALUE pairs like 'auroc=0.9,tpr=0.8,missed=0.05', got {part!r}"
             )
         if key not in GATE_METRICS:
             raise HgdefendError(f"fail_under: unknown metric {key!r}; expected one of {sorted(GATE_METRICS)}")
+        what = "the largest share allowed" if key in UPPER_BOUNDS else "a number"
         try:
             v = float(value)
         except ValueError:
-            raise HgdefendError(
-                f"fail_under: {key} needs a number in [0, 1], got {value.strip()!r}"
-            ) from None
+            raise HgdefendError(f"fail_under: {key} needs {what} in [0, 1], got {value.strip()!r}") from None
         if not (math.isfinite(v) and 0.0 <= v <= 1.0):
-            raise HgdefendError(f"fail_under: {key} needs a number in [0, 1], got {value.strip()!r}")
+            raise HgdefendError(f"fail_under: {key} needs {what} in [0, 1], got {value.strip()!r}")
         if key in out:
             raise HgdefendError(f"fail_under: {key} is given twice")
         out[key] = v
@@ -51,22 +62,29 @@ def apply_gate(report: dict[str, Any], limits: dict[str, float]) -> dict[str, An
     for key, limit in limits.items():
         measured = [r for r in rows if r.get(key) is not None]
         if not measured:
-            failures.append(f"{key}: not measured (no OOD or adversarial set was scored)")
+            why = NOT_MEASURED.get(key, "no OOD or adversarial set was scored")
+            if any(key in r for r in rows):  # rows that carry the key, all None: no threshold
+                why = "no threshold to flag at"
+            failures.append(f"{key}: not measured ({why})")
             continue
+        upper = key in UPPER_BOUNDS
         for r in measured:
-            ok = r[key] >= limit
-            checks.append({"metric": key, "limit": limit, "value": r[key], "on": r["name"], "passed": ok})
+            ok = r[key] <= limit if upper else r[key] >= limit
+            checks.append({"metric": key, "limit": limit, "bound": "upper" if upper else "lower",
+                           "value": r[key], "on": r["name"], "passed": ok})  # fmt: skip
             if not ok:
-                failures.append(f"{key} {r[key]:.3f} < {limit:g} on {r['name']}")
+                failures.append(f"{key} {r[key]:.3f} {_op(key)[1]} {limit:g} on {r['name']}")
     return {"passed": not failures, "fail_under": limits, "checks": checks, "failures": failures}
 
 
 def render_gate(sec: dict[str, Any]) -> list[str]:
-    limits = ", ".join(f"{k} >= {v:g}" for k, v in sec["fail_under"].items())
-    head = f"**{'PASSED' if sec['passed'] else 'FAILED'}** (fail under: {limits})."
+    limits = ", ".join(f"{k} {_op(k)[0]} {v:g}" for k, v in sec["fail_under"].items())
+    head = f"**{'PASSED' if sec['passed'] else 'FAILED'}** (passes when {limits})."
     rows = [
-        [c["metric"], c["on"], fmt(c["value"]), f"{c['limit']:g}", "yes" if c["passed"] else "**no**"]
+        [c["metric"], c["on"], fmt(c["value"]), f"{_op(c['metric'])[0]} {c['limit']:g}",
+         "yes" if c["passed"] else "**no**"]
         for c in sec["checks"]
-    ]
-    lines = [head, ""] + (table(["metric", "on", "value", "limit", "passed"], rows) if rows else [])
-    return lines + [f"- {f}" for f in sec["failures"]]
+    ]  # fmt: skip
+    lines = [head, ""] + (table(["metric", "on", "value", "passes when", "passed"], rows) if rows else [])
+    failures = [f"- {f}" for f in sec["failures"]]
+    return lines + ([""] if rows and failures else []) + failures

@@ -86,8 +86,47 @@ class AttackOptions:
     target_fpr: float = 0.05
     seed: int = 0
     n_bootstrap: int = 100
+    preset: str | None = None  # "default": the small section evaluate runs without --attacks
+
+    @classmethod
+    def default_section(cls, **refine: Any) -> AttackOptions:
+        """The small adaptive section ``hgdefend evaluate`` runs without ``--attacks``.
+
+        Chosen for speed on a 2-core CPU: the whole default ``hgdefend evaluate`` (train, score,
+        report) must stay under 30 s, and it took about 12 s before attacks were on by default.
+
+        * ``pgd`` — the attack; the one line to change for another attack (e.g. ``apgd-ce``).
+        * ``adaptive`` only — what an attacker who knows the defence does (EOT over fresh HyperGAN
+          samples, loss CE − λ·score); the paper's early-stop protocol flatters the detector, and
+          λ = 0 is already a full-budget attack (with EOT), so ``fixed`` would add little.
+        * eps 0.1 and 0.3 — the two budgets of the measured MNIST runs (SECURITY.md): how much
+          gets through grows with the budget; a row costs about a second on digits (1 thread).
+        * λ (0, 1) — plain CE and the score-aware loss: the attacker's best of the two is kept.
+        * 10 EOT members per step — a tenth of K = 100; over 20 steps the expected gradient still
+          averages 200 fresh networks per input.
+        * 100 inputs, 20 steps — half the full suite's 200 inputs and 40 steps: the rate is
+          still measured to ±10 % (95 %), at a quarter of the cost.
+        * no baselines — each one trains a whole ensemble.
+        * the sanity check runs (PGD on one fixed network at eps 0.5 must succeed).
+
+        ``refine`` (the attack options given without ``--attacks``) overrides any of these.
+        """
+        settings: dict[str, Any] = {
+            "attacks": ("pgd",),
+            "eps": (0.1, 0.3),
+            "protocols": ("adaptive",),
+            "baselines": (),
+            "n_inputs": 100,
+            "steps": 20,
+            "lambdas": (0.0, 1.0),
+            "eot_members": 10,
+        }
+        settings.update({k: v for k, v in refine.items() if v is not None})
+        return cls(**settings, preset="default")
 
     def __post_init__(self) -> None:
+        if self.preset not in (None, "default"):
+            raise HgdefendError(f"preset: expected None or 'default', got {self.preset!r}")
         self.attacks = parse_names(self.attacks, ATTACK_NAMES, "attacks") or ATTACK_NAMES
         self.protocols = parse_names(self.protocols, PROTOCOL_NAMES, "protocols") or ("paper", "fixed")
         self.baselines = parse_names(self.baselines, BASELINE_NAMES, "baselines")
@@ -131,7 +170,9 @@ class EvaluateOptions:
     beta: float = 1.0
     target_fpr: float = 0.05
     fail_under: str | None = None
-    # attacks: off unless ``attacks`` is given; the rest refine the suite
+    # attacks: without ``attacks``, a model is attacked by AttackOptions.default_section() (the rest
+    # refine it) unless ``no_attacks``; with ``attacks``, the full suite (the rest refine it)
+    no_attacks: bool = False
     attacks: str | tuple[str, ...] | None = None
     eps: str | tuple[float, ...] | None = None
     protocols: str | tuple[str, ...] | None = None
@@ -148,28 +189,18 @@ class EvaluateOptions:
     progress: bool | None = None  # None: only when not quiet and stderr is a terminal
 
     def attack_options(self) -> AttackOptions | None:
-        """The suite's options; ``None`` without ``attacks``. Raises on bad names or numbers."""
-        refine = (
-            self.eps,
-            self.protocols,
-            self.baselines,
-            self.attack_inputs,
-            self.attack_steps,
-            self.attack_alpha,
-            self.attack_lambdas,
-            self.eot_members,
-            self.bank_size,
-            self.baseline_steps,
-            self.attack_bootstrap,
-        )
-        if not self.attacks:
-            if any(v is not None for v in refine):
-                raise HgdefendError(
-                    "attacks: --eps, --protocols, --baselines and the other attack options need "
-                    "--attacks (e.g. --attacks fgsm,pgd)"
-                )
-            return None
+        """The attack section's options, or ``None`` when no attack runs. Raises on bad names or
+        numbers, and on attack options together with ``no_attacks``.
+
+        * ``attacks`` given: the full suite (:class:`AttackOptions` defaults), refined by the rest.
+        * no ``attacks``, a model: :meth:`AttackOptions.default_section`, refined by the rest.
+        * no ``attacks``, an exported file (``onnx``): none (transfer attacks need ``attacks``).
+        * ``no_attacks``: none.
+        """
         given = {
+            "eps": self.eps,
+            "protocols": self.protocols,
+            "baselines": self.baselines,
             "n_inputs": self.attack_inputs,
             "steps": self.attack_steps,
             "alpha": self.attack_alpha,
@@ -179,15 +210,27 @@ class EvaluateOptions:
             "baseline_steps": self.baseline_steps,
             "n_bootstrap": self.attack_bootstrap,
         }
-        return AttackOptions(
-            attacks=self.attacks,
-            eps=self.eps,
-            protocols=self.protocols,
-            baselines=self.baselines,
-            target_fpr=self.target_fpr,
-            seed=self.seed,
-            **{k: v for k, v in given.items() if v is not None},
-        )
+        refine = {k: v for k, v in given.items() if v is not None}
+        if self.no_attacks:
+            if self.attacks:
+                raise HgdefendError("no_attacks: --no-attacks and --attacks contradict each other; pass one")
+            if refine:
+                raise HgdefendError(
+                    "no_attacks: --eps, --protocols, --attack-inputs and the other attack options "
+                    "refine the attack section, which --no-attacks turns off; pass one or the other"
+                )
+            return None
+        common = {"target_fpr": self.target_fpr, "seed": self.seed}
+        if self.attacks:
+            return AttackOptions(attacks=self.attacks, **common, **refine)
+        if self.onnx is not None:
+            if refine:
+                raise HgdefendError(
+                    "attacks: with --onnx, --eps, --protocols, --baselines and the other attack "
+                    "options need --attacks (e.g. --attacks fgsm,pgd)"
+                )
+            return None
+        return AttackOptions.default_section(**common, **refine)
 
     def checked(self) -> EvaluateOptions:
         """Validate every field that can be checked without data (raises :class:`HgdefendError`)."""

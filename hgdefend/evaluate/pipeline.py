@@ -83,7 +83,7 @@ SECTIONS: tuple[Section, ...] = (
     ),
     Section(
         "attacks",
-        "Attacks (paper protocol, fixed budget, adaptive)",
+        "Attacks (adversarial inputs)",
         lambda ctx, _: None if ctx.onnx is not None else attacks_section(ctx),
         render_attacks,
     ),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .attacks import EVADES_MISSED, PROTOCOL_LABELS
+from .attacks import EVADES_MISSED, PROTOCOL_LABELS, TRAMER_BOUND
 from .detection import POOR_AUROC
 from .formatting import pct, pct_ci
 from .onnx_transfer import worst_transfer
@@ -21,6 +21,16 @@ def _one_in(rate: float) -> str:
 def _worst_attack(attacks: dict[str, Any]) -> dict[str, Any] | None:
     rows = [r for m in attacks.get("methods", []) if m["name"] == "hypergan" for r in m["rows"]]
     return max(rows, key=lambda r: (r["missed_and_wrong"], r["eps"])) if rows else None
+
+
+def _why_no_attack(report: dict[str, Any]) -> str:
+    """Why a report has no attack section: the task, an exported file without --attacks, or
+    --no-attacks (a model on a classification task is attacked by default)."""
+    if (report.get("data") or {}).get("task", "classification") != "classification":
+        return "attacks cover classification only"
+    if "onnx_path" in (report.get("model") or {}):
+        return "pass --attacks pgd for transfer attacks from the source model"
+    return "--no-attacks"
 
 
 def summarise(report: dict[str, Any]) -> dict[str, Any]:
@@ -99,12 +109,12 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
                 f"{worst_tr['attack'].upper()} at eps {worst_tr['eps']:g} crafted on the "
                 f"{worst_tr['crafted_on']}: "
                 f"{pct(worst_tr['missed_and_wrong'])} of attacked inputs misclassified by the exported file "
-                f"and not flagged (AUROC {worst_tr['auroc']:.3f})."
+                f"and not flagged (AUROC {worst_tr['auroc']:.3f}). {TRAMER_BOUND}"
             )
     if att is None and transfer is None:
         out["worst_finding"] = None
         lines.append(
-            "Attacks: none were run (pass --attacks fgsm,pgd): this report says nothing about "
+            f"Attacks: none were run ({_why_no_attack(report)}): this report says nothing about "
             "adversarial inputs."
         )
     elif worst is not None:
@@ -118,9 +128,12 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
             "missed_and_wrong": worst["missed_and_wrong"],
             "auroc": worst["auroc"],
         }
+        scope = (
+            " (small default section; --attacks runs the full suite)" if att["config"].get("preset") else ""
+        )
         lines.append(
-            f"Worst finding: {what}: {pct(worst['missed_and_wrong'])} of attacked inputs "
-            f"misclassified and not flagged (AUROC {worst['auroc']:.3f})."
+            f"Worst finding{scope}: {what}: {pct(worst['missed_and_wrong'])} of attacked inputs "
+            f"misclassified and not flagged (AUROC {worst['auroc']:.3f}). {TRAMER_BOUND}"
         )
     follows = []
     if worst is not None and worst["missed_and_wrong"] >= EVADES_MISSED:
