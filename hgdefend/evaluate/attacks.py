@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from ..attacks import FGSM, PGD, AdaptivePGD, FreshSamples
+from ..attacks import ATTACKS, FGSM, PGD, AdaptivePGD, FreshSamples
 from ..detectors.metrics import detection_metrics
 from ..detectors.scores import SCORE_FUNCTIONS
 from ..ensemble import SampledEnsemble
@@ -110,11 +110,13 @@ def _predict(ens: SampledEnsemble, x: Tensor, batch: int = 512) -> tuple[Tensor,
 
 def _make_attack(
     attack: str, protocol: str, target: Any, eps: float, cfg: AttackOptions, *, score: str, lam: float = 0.0
-) -> FGSM | PGD:
+) -> Any:
     early = protocol == "paper"
     kw: dict[str, Any] = {"score": score, "lam": lam} if protocol == "adaptive" else {}
     if attack == "fgsm":
         return FGSM(target, eps, early_stop=early, grid=cfg.fgsm_grid, **kw)
+    if attack != "pgd":  # APGD: its own step-size schedule (no alpha) and no early stop
+        return ATTACKS[attack](target, eps, cfg.steps, restarts=cfg.restarts, seed=cfg.seed, **kw)
     cls = AdaptivePGD if protocol == "adaptive" else PGD
     return cls(
         target,

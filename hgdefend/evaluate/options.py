@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..errors import HgdefendError
-from ..vocab import ATTACK_NAMES, BASELINE_NAMES, PROTOCOL_NAMES
+from ..vocab import ATTACK_NAMES, BASELINE_NAMES, DEFAULT_SUITE_ATTACKS, PROTOCOL_NAMES
 
 
 def parse_names(text: str | list | tuple | None, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -69,7 +69,7 @@ def _fraction(value: object, name: str) -> float:
 class AttackOptions:
     """The attack suite's knobs; every one is written into the report."""
 
-    attacks: tuple[str, ...] = ATTACK_NAMES
+    attacks: tuple[str, ...] = DEFAULT_SUITE_ATTACKS
     eps: tuple[float, ...] = (0.1, 0.3)
     protocols: tuple[str, ...] = ("paper", "fixed")
     baselines: tuple[str, ...] = ()
@@ -127,8 +127,14 @@ class AttackOptions:
     def __post_init__(self) -> None:
         if self.preset not in (None, "default"):
             raise HgdefendError(f"preset: expected None or 'default', got {self.preset!r}")
-        self.attacks = parse_names(self.attacks, ATTACK_NAMES, "attacks") or ATTACK_NAMES
+        self.attacks = parse_names(self.attacks, ATTACK_NAMES, "attacks") or DEFAULT_SUITE_ATTACKS
         self.protocols = parse_names(self.protocols, PROTOCOL_NAMES, "protocols") or ("paper", "fixed")
+        no_early_stop = [a for a in self.attacks if a.startswith("apgd")]
+        if no_early_stop and "paper" in self.protocols:
+            raise HgdefendError(
+                f"protocols: {', '.join(no_early_stop)} has no early stop, so the paper protocol (stop "
+                "once fooled) does not apply to it; pass --protocols fixed,adaptive"
+            )
         self.baselines = parse_names(self.baselines, BASELINE_NAMES, "baselines")
         self.eps = parse_numbers(self.eps, "eps") or (0.1, 0.3)
         for name in ("n_inputs", "steps", "restarts", "fgsm_grid"):
