@@ -54,3 +54,20 @@ def test_diversity_benchmark_quick_compares_methods_in_one_run():
     assert rows["mc-dropout"]["transfer"] is None and "weight_norm_rel_std_mean" in rows["paper"]
     assert rows["deep-ensemble"]["transfer"]["judges"] == 3  # the other members of the 4
     assert rows["paper"]["transfer"]["judges"] == 9  # a fresh sample of 10, less the source
+
+
+def test_robust_benchmark_quick_attacks_every_method_in_one_run():
+    d = _run("robust_mnist.py", "--quick", "--threads", "1")
+    rows = {r["method"]: r for r in d["rows"]}
+    assert list(rows) == ["hypergan", "hypergan-adv", "deep-ensemble", "deep-ensemble-adv", "single",
+                          "single-adv", "binary-detector"]  # fmt: skip
+    for r in rows.values():
+        e = r["eps"]["0.1"]
+        # the per-input worst case is at least as bad as every single attack run
+        assert e["missed_and_wrong"] >= max(run["missed_and_wrong"] for run in e["runs"])
+        assert 1 - e["robust_accuracy"] >= max(1 - run["robust_accuracy"] for run in e["runs"])
+        assert {(run["attack"], run["lam"]) for run in e["runs"]} == {
+            ("apgd-ce", 0.0), ("apgd-ce", 1.0), ("apgd-dlr", 0.0), ("apgd-dlr", 1.0)}  # fmt: skip
+    assert rows["hypergan-adv"]["training"]["recipe"]["adversarial"] == "pgd"
+    assert rows["binary-detector"]["training"]["detector"]["train_inputs"] == 600
+    assert rows["single"]["score"] == "max_prob" and "BinaryInputDetector" in rows["binary-detector"]["score"]
