@@ -320,9 +320,6 @@ def attacks_section(ctx: EvalContext) -> dict[str, Any] | None:
     sec["gate_rows"] = [
         {
             "name": f"{r['attack']} {r['protocol']} eps={r['eps']:g} ({r['score']})",
-            "auroc": r["auroc"],
-            "aupr": r["aupr"],
-            "tpr": r["tpr_at_threshold"],
             "missed": r["missed_and_wrong"],
         }
         for r in sec["methods"][0]["rows"]

@@ -119,7 +119,6 @@ def transfer_section(ctx: EvalContext) -> dict[str, Any] | None:
     }
     sec["gate_rows"] = [
         {"name": f"transfer {r['attack']} {r['protocol']} eps={r['eps']:g} from {r['crafted_on']}",
-         "auroc": r["auroc"], "aupr": r["aupr"], "tpr": r["tpr_at_threshold"],
          "missed": r["missed_and_wrong"]}
         for r in rows
     ]  # fmt: skip
