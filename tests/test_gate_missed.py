@@ -78,7 +78,7 @@ def test_missed_without_an_attack_fails_as_not_measured():
 def test_default_section_and_its_refinements():
     cfg = EvaluateOptions().attack_options()
     assert cfg == AttackOptions.default_section(seed=0, target_fpr=0.05)
-    assert cfg.preset == "default" and cfg.attacks == ("pgd",) and cfg.protocols == ("adaptive",)
+    assert cfg.preset == "default" and cfg.attacks == ("apgd-ce",) and cfg.protocols == ("adaptive",)
     assert cfg.eps == (0.1, 0.3) and cfg.baselines == () and cfg.lambdas == (0.0, 1.0)
     assert cfg.eot_members == 10 and cfg.n_inputs == 100 and cfg.steps == 20
     refined = EvaluateOptions(eps="0.3", attack_inputs=7, seed=3).attack_options()
@@ -141,14 +141,14 @@ def test_default_attack_section_end_to_end_and_the_missed_gate(model_file, tmp_p
     report = json.loads((out / "report.json").read_text())
     sec = report["attacks"]
     cfg = sec["config"]
-    assert cfg["preset"] == "default" and cfg["attacks"] == ["pgd"] and cfg["protocols"] == ["adaptive"]
+    assert cfg["preset"] == "default" and cfg["attacks"] == ["apgd-ce"] and cfg["protocols"] == ["adaptive"]
     assert (
         cfg["eps"] == [0.1, 0.3] and cfg["eot_members"] == 10 and cfg["n_inputs"] == 20 and cfg["steps"] == 3
     )
     (hg,) = sec["methods"]
     assert [r["eps"] for r in hg["rows"]] == [0.1, 0.3] and "passed" in sec["sanity"]
     assert all(len(r["lambda_sweep"]) == 2 for r in hg["rows"]) and (out / sec["plot"]).is_file()
-    names = [f"pgd adaptive eps={e} (entropy)" for e in ("0.1", "0.3")]
+    names = [f"apgd-ce adaptive eps={e} (entropy)" for e in ("0.1", "0.3")]
     assert sec["gate_rows"] == [
         {"name": n, "missed": r["missed_and_wrong"]} for n, r in zip(names, hg["rows"], strict=True)
     ]

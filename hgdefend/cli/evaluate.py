@@ -84,7 +84,7 @@ from .common import command_line, common_options, echo, friendly_errors, set_thr
 @click.option(
     "--attack-inputs", type=int, default=None, help="Test inputs attacked [default: 100; 200 with --attacks]."
 )
-@click.option("--attack-steps", type=int, default=None, help="PGD steps [default: 20; 40 with --attacks].")
+@click.option("--attack-steps", type=int, default=None, help="Attack steps [default: 20; 40 with --attacks].")
 @click.option("--members", type=int, default=100, show_default=True, help="Ensemble size K.")
 @click.option("--train-steps", type=int, default=None, help="Steps when training (no --model).")
 @click.option(

@@ -95,7 +95,9 @@ class AttackOptions:
         Chosen for speed on a 2-core CPU: the whole default ``hgdefend evaluate`` (train, score,
         report) must stay under 30 s, and it took about 12 s before attacks were on by default.
 
-        * ``pgd`` — the attack; the one line to change for another attack (e.g. ``apgd-ce``).
+        * ``apgd-ce`` — APGD (Croce & Hein 2020) on the ensemble's cross-entropy: its step size
+          adapts, so a short budget needs no tuning, and at equal gradients it is at least as
+          strong as PGD (tests/test_apgd.py).
         * ``adaptive`` only — what an attacker who knows the defence does (EOT over fresh HyperGAN
           samples, loss CE − λ·score); the paper's early-stop protocol flatters the detector, and
           λ = 0 is already a full-budget attack (with EOT), so ``fixed`` would add little.
@@ -112,7 +114,7 @@ class AttackOptions:
         ``refine`` (the attack options given without ``--attacks``) overrides any of these.
         """
         settings: dict[str, Any] = {
-            "attacks": ("pgd",),
+            "attacks": ("apgd-ce",),
             "eps": (0.1, 0.3),
             "protocols": ("adaptive",),
             "baselines": (),
