@@ -40,7 +40,7 @@ from hgdefend import load_data  # noqa: E402
 from hgdefend.attacks import APGD, FGSM, FreshSamples  # noqa: E402
 from hgdefend.detectors import compute_scores, conformal_threshold, detection_metrics  # noqa: E402
 from hgdefend.fileio import atomic_write  # noqa: E402
-from hgdefend.probabilities import predict  # noqa: E402
+from hgdefend.probabilities import log_mean_probs, predict  # noqa: E402
 from hgdefend.recipes import default_spec, train_model  # noqa: E402
 from hgdefend.training import TrainConfig, deep_ensemble, resolve_device, single_network  # noqa: E402
 
@@ -205,13 +205,47 @@ def attack_method(name: str, model: dict, judge: Judge, data, args, dev: torch.d
         }
         print(f"  {name} eps {eps:g}: robust acc {1 - wrong_any.mean():.3f}, missed {missed_any.mean():.3f}, "
               f"AUROC {best['auroc']:.3f}", file=sys.stderr, flush=True)  # fmt: skip
-    out["checks"] = obfuscation_checks(model, judge, x, y_np, args)
+    checks = obfuscation_checks(model, judge, x, y_np, args)
+    checks["white_box_at_least_as_strong"] = (
+        checks["accuracy_at_eps"]["accuracy"] <= checks["square"]["accuracy"]
+    )
+    out["checks"] = checks
     return out
+
+
+class _MeanLogProb(nn.Module):
+    """The scoring networks' log mean probability as a module, for ART's black-box attack."""
+
+    def __init__(self, scoring) -> None:
+        super().__init__()
+        self.scoring = scoring
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return log_mean_probs(self.scoring.member_logits(x, batch_size=250))
+
+
+def square_accuracy(judge: Judge, x: torch.Tensor, y: np.ndarray, eps: float, args) -> float:
+    """Accuracy under ART's SquareAttack (gradient-free) on the scoring networks' prediction."""
+    from art.attacks.evasion import SquareAttack
+    from art.estimators.classification import PyTorchClassifier
+
+    est = PyTorchClassifier(
+        model=_MeanLogProb(judge.scoring), loss=nn.NLLLoss(), input_shape=tuple(x.shape[1:]),
+        nb_classes=int(judge.scoring.member_logits(x[:1]).shape[-1]), clip_values=(0.0, 1.0),
+        device_type="gpu" if x.device.type == "cuda" else "cpu",
+    )  # fmt: skip
+    atk = SquareAttack(est, norm=np.inf, eps=eps, max_iter=args.square_queries, nb_restarts=1,
+                       batch_size=len(x), verbose=False)  # fmt: skip
+    np.random.seed(args.seed)  # noqa: NPY002 - ART's SquareAttack draws from the global numpy state
+    x_adv = torch.as_tensor(atk.generate(x.cpu().numpy(), y=y), device=x.device)
+    pred, _ = judge(x_adv)
+    return float((pred == y).mean())
 
 
 def obfuscation_checks(model: dict, judge: Judge, x: torch.Tensor, y: np.ndarray, args) -> dict:
     """Athalye et al.'s signs of a broken evaluation: at a large eps APGD-CE must fool (nearly) all
-    inputs; twice the steps at the largest eps must not be much stronger than the run above."""
+    inputs; twice the steps must not be much stronger; the white-box attack must be at least as
+    strong as a black-box one (ART's SquareAttack) at the same eps."""
     y_t = torch.as_tensor(y, device=x.device)
     n = min(len(x), args.check_inputs)
 
@@ -221,12 +255,18 @@ def obfuscation_checks(model: dict, judge: Judge, x: torch.Tensor, y: np.ndarray
         return float((pred == y[:n]).mean())
 
     top = max(args.eps)
+    white = acc(top, args.steps)
     return {
         "inputs": n,
         "large_eps": args.check_eps,
         "accuracy_at_large_eps": acc(args.check_eps, args.steps),
-        "accuracy_at_eps": {"eps": top, "steps": args.steps, "accuracy": acc(top, args.steps)},
+        "accuracy_at_eps": {"eps": top, "steps": args.steps, "accuracy": white},
         "accuracy_more_steps": {"eps": top, "steps": 2 * args.steps, "accuracy": acc(top, 2 * args.steps)},
+        "square": {
+            "eps": top,
+            "queries": args.square_queries,
+            "accuracy": square_accuracy(judge, x[:n], y[:n], top, args),
+        },  # fmt: skip
     }
 
 
@@ -234,9 +274,9 @@ def obfuscation_checks(model: dict, judge: Judge, x: torch.Tensor, y: np.ndarray
 def markdown_table(result: dict) -> str:
     head = (
         "| method | training | clean acc | eps | robust acc | missed and wrong | AUROC (attacker's best) "
-        "| TPR at threshold | large-eps acc |"
+        "| TPR at threshold | large-eps acc | Square acc |"
     )
-    lines = [head, "|" + " --- |" * 9]
+    lines = [head, "|" + " --- |" * 10]
     for r in result["rows"]:
         t = r["training"]
         trained = f"{t.get('steps', '—')} steps, {t['seconds']:.0f} s"
@@ -246,7 +286,8 @@ def markdown_table(result: dict) -> str:
                      f"{100 * e['robust_accuracy']:.1f} %", f"{100 * e['missed_and_wrong']:.1f} %",
                      f"{b['auroc']:.3f} ({b['attack']}, λ={b['lam']:g})",
                      f"{100 * b['tpr_at_threshold']:.1f} %",
-                     f"{100 * r['checks']['accuracy_at_large_eps']:.1f} %"]  # fmt: skip
+                     f"{100 * r['checks']['accuracy_at_large_eps']:.1f} %",
+                     f"{100 * r['checks']['square']['accuracy']:.1f} %"]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -281,6 +322,9 @@ def main() -> None:
     p.add_argument("--eval-size", type=int, default=5000, help="clean calibration / test inputs")
     p.add_argument("--check-eps", type=float, default=0.6)
     p.add_argument("--check-inputs", type=int, default=200)
+    p.add_argument(
+        "--square-queries", type=int, default=300, help="SquareAttack iterations (black-box check)"
+    )
     p.add_argument("--target-fpr", type=float, default=0.05)
     p.add_argument("--bootstrap", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
@@ -297,6 +341,7 @@ def main() -> None:
     if args.quick:
         args.members, args.eot_members, args.deep_members, args.steps = 10, 4, 3, 5
         args.n_inputs, args.eval_size, args.check_inputs, args.bootstrap = 40, 400, 20, 0
+        args.square_queries = 20
         args.adv_steps, args.train_eps, args.eps, args.detector_train, args.detector_epochs = (
             2,
             0.1,

@@ -68,6 +68,11 @@ def test_robust_benchmark_quick_attacks_every_method_in_one_run():
         assert 1 - e["robust_accuracy"] >= max(1 - run["robust_accuracy"] for run in e["runs"])
         assert {(run["attack"], run["lam"]) for run in e["runs"]} == {
             ("apgd-ce", 0.0), ("apgd-ce", 1.0), ("apgd-dlr", 0.0), ("apgd-dlr", 1.0)}  # fmt: skip
+        c = r["checks"]  # obfuscation checks: large eps, more steps, black-box Square beside APGD
+        assert c["white_box_at_least_as_strong"] == (
+            c["accuracy_at_eps"]["accuracy"] <= c["square"]["accuracy"]
+        )
+        assert c["accuracy_more_steps"]["steps"] == 2 * c["accuracy_at_eps"]["steps"]
     assert rows["hypergan-adv"]["training"]["recipe"]["adversarial"] == "pgd"
     assert rows["binary-detector"]["training"]["detector"]["train_inputs"] == 600
     assert rows["single"]["score"] == "max_prob" and "BinaryInputDetector" in rows["binary-detector"]["score"]
