@@ -141,3 +141,21 @@ def test_detector_aware_loss_lowers_an_input_detectors_score(ens, xy):
     assert aware_atk.describe()["loss"] == "ce_mean_prob - lam*detector"
     with pytest.raises(HgdefendError, match="detector"):
         APGD(ens, 0.2, detector=brightness, score="entropy", lam=1.0)
+
+
+def test_apgd_with_eot_at_least_as_strong_as_pgd_with_eot(trained_digits, digits):
+    """Against a HyperGAN (fresh networks every gradient), judged by an independent sample: APGD-CE
+    with EOT is at least as strong as PGD with EOT at the same number of gradients."""
+    judge = trained_digits.ensemble(20, seed=99)
+    x, y = digits.test.x[:N], digits.test.y[:N]
+    ok = judge.predict(x) == y
+    x, y = x[ok], y[ok]
+    totals = [0.0, 0.0]
+    for eps in (0.1, 0.15):
+        pgd = PGD(FreshSamples(trained_digits, 5, seed=1), eps, steps=20)(x, y)
+        apgd = APGD(FreshSamples(trained_digits, 5, seed=1), eps, steps=19)(x, y)
+        acc_pgd, acc_apgd = accuracy(judge, pgd, y), accuracy(judge, apgd, y)
+        assert 0.1 < acc_pgd < 0.95, (eps, acc_pgd)  # PGD neither fails nor wins outright here
+        assert acc_apgd <= acc_pgd + 1 / len(y), (eps, acc_pgd, acc_apgd)  # EOT noise: one input
+        totals[0], totals[1] = totals[0] + acc_pgd, totals[1] + acc_apgd
+    assert totals[1] <= totals[0], totals
