@@ -104,3 +104,12 @@ def test_model_file_records_adversarial_training_and_info_shows_it(tmp_path):
         cli, ["train", "--out", str(tmp_path / "b"), "--adversarial", "pgd", "--eps", "-1"]
     )
     assert bad.exit_code == 2 and "adv_eps" in bad.output
+
+
+def test_diversity_objectives_keep_working_with_adversarial_training(digits):
+    """Both terms enter the step (their logs), and the file's recipe records both."""
+    tm = train_model(digits, seed=0, steps=3, nets_per_step=4, adversarial="fgsm", adv_eps=EPS,
+                     diversity="offdata", diversity_weight=0.5, eval_every=3, progress=False)  # fmt: skip
+    last = tm.result.history[-1]
+    assert {"adv_loss", "diversity"} <= set(last)
+    assert (tm.training["recipe"]["adversarial"], tm.training["recipe"]["diversity"]) == ("fgsm", "offdata")
