@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import device_name  # noqa: E402
 
 from hgdefend import load_data  # noqa: E402
-from hgdefend.attacks import APGD, FGSM, FreshSamples  # noqa: E402
+from hgdefend.art.binary_detector import detector_margin, train_binary_detector  # noqa: E402
+from hgdefend.attacks import APGD, FreshSamples  # noqa: E402
 from hgdefend.detectors import compute_scores, conformal_threshold, detection_metrics  # noqa: E402
 from hgdefend.fileio import atomic_write  # noqa: E402
 from hgdefend.probabilities import log_mean_probs, predict  # noqa: E402
@@ -94,40 +95,11 @@ def train_method(method: str, data, args: argparse.Namespace, dev: torch.device)
     return {"attacked": ens, "scoring": ens, "eot_iter": 1}, info
 
 
-def detector_network(input_shape: tuple[int, ...]) -> nn.Module:
-    """A small CNN with two outputs (clean, adversarial), for any image size."""
-    c = input_shape[0]
-    return nn.Sequential(
-        nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64 * 16, 128), nn.ReLU(), nn.Linear(128, 2),
-    )  # fmt: skip
-
-
-def train_binary_detector(
-    classifier, data, args: argparse.Namespace, dev: torch.device
-) -> tuple[nn.Module, dict]:
+def train_detector(classifier, data, args: argparse.Namespace, dev: torch.device) -> tuple[nn.Module, dict]:
     """ART's BinaryInputDetector (Metzen et al. 2017) on clean vs FGSM inputs against ``classifier``."""
-    from art.defences.detector.evasion import BinaryInputDetector
-    from art.estimators.classification import PyTorchClassifier
-
-    t0 = time.perf_counter()
-    torch.manual_seed(args.seed)
-    net = detector_network(tuple(data.input_shape)).to(dev)
     sub = data.train.take(args.detector_train)
-    x = sub.x.to(dev)
-    x_adv = torch.cat([FGSM(classifier, args.train_eps)(x[i : i + 500], sub.y[i : i + 500].to(dev))
-                       for i in range(0, len(x), 500)])  # fmt: skip
-    est = PyTorchClassifier(
-        model=net, loss=nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(net.parameters(), lr=1e-3),
-        input_shape=tuple(data.input_shape), nb_classes=2, clip_values=(0.0, 1.0),
-        device_type="gpu" if dev.type == "cuda" else "cpu",
-    )  # fmt: skip
-    xs = torch.cat([x, x_adv]).cpu().numpy()
-    ys = np.eye(2, dtype=np.float32)[np.r_[np.zeros(len(x), int), np.ones(len(x), int)]]
-    BinaryInputDetector(est).fit(xs, ys, nb_epochs=args.detector_epochs, batch_size=128)
-    net.eval()
-    return net, {"seconds": round(time.perf_counter() - t0, 1), "train_inputs": 2 * len(x),
-                 "fgsm_eps": args.train_eps, "epochs": args.detector_epochs}  # fmt: skip
+    return train_binary_detector(classifier, sub.x, sub.y, eps=args.train_eps, epochs=args.detector_epochs,
+                                 seed=args.seed, device=dev)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- scoring
@@ -142,16 +114,10 @@ class Judge:
         logits = self.scoring.member_logits(x, batch_size=250)
         pred = predict(logits).cpu().numpy()
         if self.detector is not None:
-            s = torch.cat([margin(self.detector, x[i : i + 500]) for i in range(0, len(x), 500)])
+            s = torch.cat([detector_margin(self.detector, x[i : i + 500]) for i in range(0, len(x), 500)])
         else:
             s = compute_scores(logits)[self.score]
         return pred, s.cpu().numpy().astype(np.float64)
-
-
-def margin(detector: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The detector network's adversarial-minus-clean logit (its score)."""
-    z = detector(x)
-    return z[:, 1] - z[:, 0]
 
 
 def attack_method(name: str, model: dict, judge: Judge, data, args, dev: torch.device) -> dict:
@@ -171,7 +137,7 @@ def attack_method(name: str, model: dict, judge: Judge, data, args, dev: torch.d
         "eps": {},
     }
     score_kw = (
-        {"detector": lambda inp, _logits: margin(judge.detector, inp)}
+        {"detector": lambda inp, _logits: detector_margin(judge.detector, inp)}
         if judge.detector is not None
         else {"score": judge.score}
     )
@@ -361,7 +327,7 @@ def main() -> None:
             if "single" not in trained:
                 trained["single"] = train_method("single", data, args, dev)
             model, info = trained["single"]
-            det, det_info = train_binary_detector(model["attacked"], data, args, dev)
+            det, det_info = train_detector(model["attacked"], data, args, dev)
             judge, info = Judge(model["scoring"], detector=det), {**info, "detector": det_info}
         else:
             model, info = trained[m] = train_method(m, data, args, dev)

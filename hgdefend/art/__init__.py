@@ -17,8 +17,11 @@ ART, never to ``hgdefend.art`` (no shadowing). Relative imports (``from .modules
 - :mod:`.modules`: the torch modules (member forward, ensemble and detector heads).
 - :mod:`.classifier`: :class:`HyperGANClassifier`, the ART ``PyTorchClassifier``.
 - :mod:`.detector`: :class:`EntropyEvasionDetector` and :func:`detector_classifier`.
+- :mod:`.binary_detector`: ART's ``BinaryInputDetector`` (Metzen et al. 2017) trained on clean vs
+  FGSM inputs, the supervised baseline ``evaluate --baselines binary-detector`` compares against.
 """
 
+from .binary_detector import detector_margin, detector_network, train_binary_detector
 from .classifier import HyperGANClassifier
 from .detector import EntropyEvasionDetector, detector_classifier
 from .modules import (
@@ -42,4 +45,7 @@ __all__ = [
     "MemberLogits",
     "check_sample_mode",
     "detector_classifier",
+    "detector_margin",
+    "detector_network",
+    "train_binary_detector",
 ]
