@@ -9,29 +9,29 @@ Protocols:
 * **adaptive** — EOT over fresh HyperGAN samples at every step and the loss CE − λ·score, λ swept;
   the row kept is the λ with the highest "misclassified and not flagged" rate (the attacker's best).
 
-Baselines (deep ensemble, MC dropout, single network) have no weight distribution to draw a fresh
-ensemble from: they are attacked and scored white-box with the same networks (MC dropout draws new
-masks on every forward). Thresholds are fit through the detector on the clean calibration split at
-the target FPR with the scoring ensemble, and judged against the clean test split.
+Baselines (:mod:`.baselines`: deep ensemble, MC dropout, single network, their adversarially
+trained versions, and the single network with ART's binary input detector) have no weight
+distribution to draw a fresh ensemble from: they are attacked and scored white-box with the same
+networks (MC dropout draws new masks on every forward). Thresholds are fit on the clean calibration
+split at the target FPR with each method's own score (``Method.score_fn``), and judged against the
+clean test split.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from torch import Tensor
 
 from ..attacks import ATTACKS, FGSM, PGD, AdaptivePGD, FreshSamples
+from ..detectors.detector import conformal_threshold
 from ..detectors.metrics import detection_metrics
-from ..detectors.scores import SCORE_FUNCTIONS
 from ..ensemble import SampledEnsemble
 from ..errors import HgdefendError
 from ..probabilities import predict
-from ..recipes import default_recipe
-from ..training import TrainConfig, deep_ensemble, mc_dropout, single_network
+from .baselines import DetectorFGSM, DetectorPGD, Method, build_baselines, split_scores
 from .context import EvalContext
 from .detection import fit_detector
 from .formatting import fmt, pct, table
@@ -58,48 +58,7 @@ PROTOCOL_LABELS = {
 }
 
 
-@dataclass
-class Method:
-    """A defence under attack: ``attacked`` is what the attacker differentiates; ``scoring`` judges
-    (``scoring_name`` is its name in the scored-splits cache)."""
-
-    name: str
-    attacked: SampledEnsemble
-    scoring_name: str
-    score: str
-    eot: Any = None  # adaptive target (FreshSamples for HyperGAN), else ``attacked``
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-def build_baselines(ctx: EvalContext, cfg: AttackOptions) -> list[Method]:
-    """Train the baselines on the same training split through the same batched member forward."""
-    target, k, out = ctx.hypergan.target, ctx.ensemble.k, []
-    _, recipe = default_recipe(ctx.data)
-    steps = cfg.baseline_steps or recipe.steps
-    for name in cfg.baselines:
-        tc = TrainConfig(steps=steps, batch_size=recipe.batch_size, seed=cfg.seed)
-        kw = {"device": ctx.device, "progress": ctx.progress}
-        t0 = time.perf_counter()
-        if name == "deep-ensemble":
-            ens, score = deep_ensemble(target, ctx.data.train, k, tc, **kw), "entropy"
-        elif name == "single":
-            ens, score = single_network(target, ctx.data.train, tc, **kw), "max_prob"
-        else:
-            if not hasattr(target, "layers"):
-                raise HgdefendError(
-                    "baselines: mc-dropout needs a built-in TargetSpec target, not a user module"
-                )
-            ens, score = mc_dropout(target, ctx.data.train, k, tc, **kw), "entropy"
-        ctx.scored.add_ensemble(name, ens)
-        info = {
-            "members": ens.k,
-            "train_steps": steps,
-            "batch_size": recipe.batch_size,
-            "seed": cfg.seed,
-            "train_seconds": round(time.perf_counter() - t0, 2),
-        }
-        out.append(Method(name, ens, name, score, ens, info))
-    return out
+__all__ = ["Method", "attacks_section", "build_baselines", "render_attacks", "run_method"]
 
 
 def _predict(ens: SampledEnsemble, x: Tensor, batch: int = 512) -> tuple[Tensor, Tensor]:
@@ -109,15 +68,29 @@ def _predict(ens: SampledEnsemble, x: Tensor, batch: int = 512) -> tuple[Tensor,
 
 
 def _make_attack(
-    attack: str, protocol: str, target: Any, eps: float, cfg: AttackOptions, *, score: str, lam: float = 0.0
+    attack: str,
+    protocol: str,
+    target: Any,
+    eps: float,
+    cfg: AttackOptions,
+    *,
+    score: str,
+    lam: float = 0.0,
+    detector: Any = None,
 ) -> Any:
-    early = protocol == "paper"
-    kw: dict[str, Any] = {"score": score, "lam": lam} if protocol == "adaptive" else {}
+    """The attack of one row. Under the adaptive protocol the loss is CE − λ·score, or CE −
+    λ·detector(x, logits) when the method's detector reads the input (APGD takes it as
+    ``detector=``; FGSM and PGD through :class:`DetectorFGSM` / :class:`DetectorPGD`)."""
+    early, adaptive = protocol == "paper", protocol == "adaptive"
+    kw: dict[str, Any] = {}
+    if adaptive:
+        kw = {"lam": lam, **({"detector": detector} if detector is not None else {"score": score})}
+    on_input = adaptive and detector is not None
     if attack == "fgsm":
-        return FGSM(target, eps, early_stop=early, grid=cfg.fgsm_grid, **kw)
+        return (DetectorFGSM if on_input else FGSM)(target, eps, early_stop=early, grid=cfg.fgsm_grid, **kw)
     if attack != "pgd":  # APGD: its own step-size schedule (no alpha) and no early stop
         return ATTACKS[attack](target, eps, cfg.steps, restarts=cfg.restarts, seed=cfg.seed, **kw)
-    cls = AdaptivePGD if protocol == "adaptive" else PGD
+    cls = DetectorPGD if on_input else AdaptivePGD if adaptive else PGD
     return cls(
         target,
         eps,
@@ -144,7 +117,7 @@ def _evaluate(
 ) -> dict[str, Any]:
     attacked_pred, _ = _predict(method.attacked, x_adv)
     fresh_pred, logits = _predict(scoring, x_adv)
-    adv_scores = SCORE_FUNCTIONS[method.score](logits).cpu().numpy().astype(np.float64)
+    adv_scores = method.scores(x_adv, logits)
     wrong = (fresh_pred != y).cpu().numpy()
     m = detection_metrics(
         clean_scores,
@@ -180,15 +153,26 @@ def attackers_best(sweep: list[dict[str, Any]]) -> dict[str, Any]:
     return max(sweep, key=lambda r: (r["missed_and_wrong"], r["attack_success"], -r["auroc"]))
 
 
+def fit_threshold(ctx: EvalContext, method: Method) -> float:
+    """The threshold at the target FPR on the clean calibration split, through ``method.score_fn``:
+    a named score through the detector and the scored-splits cache (as the detection section), an
+    input detector's scores computed from the calibration inputs (the same conformal quantile)."""
+    if method.detector is None:
+        return fit_detector(ctx, method.scoring_name, method.score).threshold_
+    return conformal_threshold(split_scores(ctx, method, "calib"), ctx.options.target_fpr)
+
+
 def run_method(ctx: EvalContext, method: Method, cfg: AttackOptions, progress: Any) -> dict[str, Any]:
     """Threshold on clean calibration data (through the detector), then every attack/protocol/eps."""
     dev = method.attacked.device
     scoring = ctx.scored.ensembles[method.scoring_name]
-    det = fit_detector(ctx, method.scoring_name, method.score)
-    clean_scores = ctx.scored.scores(method.scoring_name, "test")[method.score]
+    threshold = fit_threshold(ctx, method)
+    clean_scores = split_scores(ctx, method, "test")
     sub = ctx.data.test.take(cfg.n_inputs)
     x, y = sub.x.to(dev), sub.y.to(dev)
     clean_ok = _predict(method.attacked, x)[0] == y
+    test_ok = ctx.scored.prediction(method.scoring_name, "test").predicted.cpu() == ctx.data.test.y
+    score_kw = {"score": method.score, "detector": method.detector}
     rows = []
     for attack in cfg.attacks:
         for protocol in cfg.protocols:
@@ -197,10 +181,8 @@ def run_method(ctx: EvalContext, method: Method, cfg: AttackOptions, progress: A
                 target = method.eot if protocol == "adaptive" else method.attacked
                 sweep = []
                 for lam in cfg.lambdas if protocol == "adaptive" else (0.0,):
-                    atk = _make_attack(attack, protocol, target, eps, cfg, score=method.score, lam=lam)
-                    res = _evaluate(
-                        method, scoring, x, y, atk(x, y), clean_ok, clean_scores, det.threshold_, cfg
-                    )
+                    atk = _make_attack(attack, protocol, target, eps, cfg, lam=lam, **score_kw)
+                    res = _evaluate(method, scoring, x, y, atk(x, y), clean_ok, clean_scores, threshold, cfg)
                     sweep.append({"params": atk.describe(), **res})
                 row = {
                     "method": method.name,
@@ -226,11 +208,12 @@ def run_method(ctx: EvalContext, method: Method, cfg: AttackOptions, progress: A
     return {
         "name": method.name,
         "score": method.score,
-        "threshold": det.threshold_,
+        "threshold": threshold,
         "attacked_ensemble": method.attacked.describe(),
         "scoring_ensemble": scoring.describe(),
+        "clean_accuracy": float(test_ok.float().mean()),
         "clean_accuracy_attacked_inputs": float(clean_ok.float().mean()),
-        "realised_fpr": float(np.mean(clean_scores > det.threshold_)),
+        "realised_fpr": float(np.mean(clean_scores > threshold)),
         **method.info,
         "rows": rows,
     }
@@ -329,6 +312,22 @@ def attacks_section(ctx: EvalContext) -> dict[str, Any] | None:
 
 
 # --------------------------------------------------------------------------- Markdown
+def _trained(m: dict[str, Any]) -> str:
+    """How a method's networks (and detector) were trained, in a few words."""
+    if m["name"] == "hypergan":
+        return "the evaluated model"
+    adv, det = m.get("adversarial_training"), m.get("detector")
+    out = f"{m['train_steps']} steps"
+    if adv:
+        out += f", {adv['method'].upper()} adversarial training at eps {adv['eps']:g} ({adv['steps']} steps)"
+    if det:
+        out += (
+            f"; detector: {det['epochs']} epochs on {det['train_inputs']:,} clean + FGSM inputs at eps "
+            f"{det['fgsm_eps']:g}"
+        )
+    return out
+
+
 def render_attacks(sec: dict[str, Any]) -> list[str]:
     cfg, s = sec["config"], sec["sanity"]
     fpr = cfg["target_fpr"]
@@ -345,7 +344,9 @@ def render_attacks(sec: dict[str, Any]) -> list[str]:
         "**paper**: early stop once the attacked ensemble is fooled (FGSM: smallest eps on a grid), scored "
         "by a fresh ensemble. **fixed**: full budget, random start, no early stop. **adaptive**: EOT over "
         "fresh HyperGAN samples each step and loss CE − λ·score (λ swept; the row shows the attacker's best "
-        "λ). Baselines are attacked and scored with the same networks (white-box). Thresholds are fit on the "
+        "λ). Baselines are attacked and scored with the same networks (white-box); a binary detector's score "
+        "is its network's adversarial-minus-clean logit margin, which adaptive attacks lower through the "
+        "detector network (CE − λ·margin). Thresholds are fit on the "
         f"clean calibration split at {pct(fpr)} FPR. Rows where an attack gets through are listed once, in "
         "the findings at the top of the report.",
         "",
@@ -390,14 +391,23 @@ def render_attacks(sec: dict[str, Any]) -> list[str]:
     )
     lines += ["", "Methods (scoring ensemble = the networks that judge the attacked inputs):", ""]
     lines += table(
-        ["method", "score", "attacked", "scoring", "clean accuracy (attacked inputs)", "realised FPR"],
+        [
+            "method",
+            "score",
+            "trained",
+            "attacked",
+            "scoring",
+            "clean accuracy (test; attacked inputs)",
+            "realised FPR",
+        ],
         [
             [
                 m["name"],
                 m["score"],
+                _trained(m),
                 "{kind} K={members} seed {seed}".format(**m["attacked_ensemble"]),
                 f"K={m['scoring_ensemble']['members']} seed {m['scoring_ensemble']['seed']}",
-                pct(m["clean_accuracy_attacked_inputs"]),
+                f"{pct(m.get('clean_accuracy'))}; {pct(m['clean_accuracy_attacked_inputs'])}",
                 pct(m["realised_fpr"]),
             ]
             for m in sec["methods"]
