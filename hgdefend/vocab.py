@@ -16,7 +16,17 @@ ATTACK_NAMES = ("fgsm", "pgd", "apgd-ce", "apgd-dlr")
 DEFAULT_SUITE_ATTACKS = ("fgsm", "pgd")
 """The attacks the evaluate suite runs unless asked for others (APGD is opt-in: it costs more)."""
 PROTOCOL_NAMES = ("paper", "fixed", "adaptive")
-BASELINE_NAMES = ("deep-ensemble", "mc-dropout", "single")
+BASELINE_NAMES = (
+    "deep-ensemble",
+    "mc-dropout",
+    "single",
+    "deep-ensemble-adv",
+    "single-adv",
+    "binary-detector",
+)
+"""Defences the attack suite trains beside the HyperGAN (hgdefend.evaluate.baselines): ``-adv`` ones
+are adversarially trained (PGD at the largest attack eps); ``binary-detector`` is the single network
+with ART's BinaryInputDetector trained on FGSM inputs."""
 DIVERSITY_OBJECTIVES = ("none", "repulsion", "offdata", "gradient")
 """Training objectives that push sampled networks apart, beyond the paper's latent regulariser."""
 ADVERSARIAL_METHODS = ("none", "pgd", "fgsm", "trades")

@@ -72,7 +72,7 @@ class AttackOptions:
     attacks: tuple[str, ...] = DEFAULT_SUITE_ATTACKS
     eps: tuple[float, ...] = (0.1, 0.3)
     protocols: tuple[str, ...] = ("paper", "fixed")
-    baselines: tuple[str, ...] = ()
+    baselines: tuple[str, ...] = ()  # BASELINE_NAMES; -adv and binary-detector train at max(eps)
     n_inputs: int = 200  # the first n test inputs are attacked (every method gets the same ones)
     steps: int = 40
     alpha: float | None = None  # None: 2.5 · eps / steps
@@ -139,6 +139,12 @@ class AttackOptions:
             )
         self.baselines = parse_names(self.baselines, BASELINE_NAMES, "baselines")
         self.eps = parse_numbers(self.eps, "eps") or (0.1, 0.3)
+        at_eps = [b for b in self.baselines if b.endswith("-adv") or b == "binary-detector"]
+        if at_eps and max(self.eps) <= 0:
+            raise HgdefendError(
+                f"baselines: {', '.join(at_eps)} train on inputs crafted at the largest eps, which is 0; "
+                "pass a positive --eps"
+            )
         for name in ("n_inputs", "steps", "restarts", "fgsm_grid"):
             _positive_int(getattr(self, name), name)
         _positive_int(self.n_bootstrap, "n_bootstrap", 0)
