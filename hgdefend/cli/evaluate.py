@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..vocab import REGULARISERS
+from ..vocab import BASELINE_NAMES, REGULARISERS
 from .common import command_line, common_options, echo, friendly_errors, set_threads, trust_data_root_option
 
 
@@ -80,7 +80,7 @@ from .common import command_line, common_options, echo, friendly_errors, set_thr
     default=None,
     help="Comma list: paper,fixed,adaptive [default: adaptive; paper,fixed with --attacks].",
 )
-@click.option("--baselines", default=None, help="Comma list: deep-ensemble,mc-dropout,single.")
+@click.option("--baselines", default=None, help="Comma list of: " + ",".join(BASELINE_NAMES) + ".")
 @click.option(
     "--attack-inputs", type=int, default=None, help="Test inputs attacked [default: 100; 200 with --attacks]."
 )
