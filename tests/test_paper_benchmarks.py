@@ -1,0 +1,95 @@
+"""The paper-reproduction benchmarks run end to end on tiny cases (``--quick``), and the paper's
+Figure 2 claim holds for the library at the default recipe: the ±3 std band of 100 sampled networks
+is wider outside the training data than inside it."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from hgdefend import load_data
+from hgdefend.ensemble import SampledEnsemble
+from hgdefend.recipes import default_recipe, train_model
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run(script: str, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    return out.stdout
+
+
+def test_paper_regression_quick_writes_the_figure_and_band_widths(tmp_path):
+    d = json.loads(_run("paper_regression.py", "--quick", "--threads", "1", "--out-dir", str(tmp_path)))
+    png = tmp_path / "paper_regression.png"
+    assert d["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size < 200_000
+    assert d["training"]["steps"] == 20 and d["training"]["recipe"]["regulariser"] == "gan"
+    assert [r["members"] for r in d["sizes"]] == [10, 100, 1000]
+    for r in d["sizes"]:
+        assert 0 < r["band_width_inside"] and 0 < r["band_width_outside"]
+        assert math.isclose(r["outside_over_inside"], r["band_width_outside"] / r["band_width_inside"])
+        assert math.isfinite(r["train_mse"]) and 0 <= r["true_curve_in_band_outside"] <= 1
+    assert set(d["band_widens_outside"]) == {"10", "100", "1000"}
+    assert {"device", "device_name", "torch", "date_utc", "default_recipe_steps"} <= set(d)
+
+
+def test_band_is_wider_outside_the_data_than_inside_at_the_default_recipe():
+    """The paper's Figure 2 (section 4.3) on the library itself: 2,000 steps, seconds on one CPU thread.
+
+    Any ReLU network's spread grows with |x| somewhat, so the check also asks that the ensemble fit
+    the data (an untrained HyperGAN's band widens too, with a training MSE in the hundreds)."""
+    data = load_data("cubic")
+    steps = default_recipe(data)[1].steps
+    hg = train_model(data, seed=0, device="cpu", progress=False).hypergan
+    sampled = hg.ensemble(100, seed=0)
+    ens = SampledEnsemble(sampled.target, sampled.params, value_range=data.value_range)
+    x = torch.linspace(-6, 6, 241).unsqueeze(1)
+    pred = ens.member_logits(x).squeeze(-1)
+    width = 6 * pred.std(0)
+    inside = x[:, 0].abs() <= 4
+    assert steps == 2000
+    assert width[~inside].mean() > width[inside].mean()
+    train_mse = float(((ens.member_logits(data.train.x).squeeze(-1).mean(0) - data.train.y) ** 2).mean())
+    assert train_mse < 2 * 3.0**2  # within twice the noise variance: the mean fits the 20 points
+
+
+def test_paper_weight_norms_quick_has_every_ablation_row(tmp_path):
+    out = tmp_path / "norms.json"
+    d = json.loads(_run("paper_weight_norms.py", "--quick", "--threads", "1", "--out", str(out)))
+    assert d["benchmark"] == "paper_weight_norms" and d["dataset"] == "digits"
+    assert {"device", "device_name", "torch", "date_utc", "seconds"} <= set(d)
+    rows = {r["setting"]: r for r in d["rows"]}
+    assert list(rows) == ["hypergan", "no-mixer", "no-discriminator", "neither", "standard"]
+    expected = {"hypergan": (True, "gan"), "no-mixer": (False, "gan"), "no-discriminator": (True, "none"),
+                "neither": (False, "none")}  # fmt: skip
+    for name, (mixer, reg) in expected.items():
+        r = rows[name]
+        assert r["settings"] == {"kind": "hypergan", "mixer": mixer, "regulariser": reg, "beta": 1.0}
+        recipe = r["training"]["recipe"]  # what was trained, not only what was asked
+        assert (recipe["mixer"], recipe["regulariser"]) == (mixer, reg)
+        assert r["members"] == 100
+    assert rows["standard"]["settings"] == {"kind": "standard"} and rows["standard"]["members"] == 10
+    for r in rows.values():
+        assert r["training"]["steps"] == 30
+        assert [e["layer"] for e in r["layers"]] == ["Conv1", "Conv2", "Linear"]
+        for e in r["layers"]:
+            assert e["mean_norm"] > 0 and e["std_norm"] > 0
+            assert math.isclose(e["var_norm"], e["std_norm"] ** 2)
+        assert 0 <= r["ensemble_accuracy"] <= 1
+        assert 0 <= r["single_network_accuracy_min"] <= r["single_network_accuracy_mean"] <= 1
+
+    # the table: the paper's numbers (MNIST only) beside ours, quoted, and no number where the text has none
+    d["dataset"] = "mnist"
+    out.write_text(json.dumps(d))
+    table = _run("paper_weight_norms.py", "--table", str(out))
+    assert "7.49 / 1.59 (σ²)" in table and "10.79 / 0.58 (σ²)" in table and "27.05 / 0.31 (σ²)" in table
+    assert "Table 1" in table and "Table 3" in table and "99.31 %" in table
+    no_mixer_paper = table.splitlines()[5]  # the paper's line under "no mixer": not in the text
+    assert no_mixer_paper.count("not in the paper's text") == 5
