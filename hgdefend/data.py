@@ -58,7 +58,7 @@ class DataSplits:
     meta: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
-        return {
+        out = {
             "name": self.name,
             "input_shape": list(self.input_shape),
             "classes": self.classes,
@@ -69,6 +69,9 @@ class DataSplits:
             "ood": None if self.ood is None else {"name": self.ood_name, "size": len(self.ood)},
             "split_seed": self.split_seed,
         }
+        if not self.classes:  # regression: no class labels to record (the schema wants at least one)
+            del out["classes"], out["num_classes_all"]
+        return out
 
 
 def parse_classes(text: str | Sequence[int] | None) -> list[int] | None:

@@ -204,12 +204,15 @@ class HyperGAN(nn.Module):
             self.train(was_training)
         return {n: t.detach() for n, t in params.items()}
 
-    def ensemble(self, k: int, seed: int | None = 0) -> SampledEnsemble:
-        """A frozen ensemble of K sampled networks: the unit attacks, detectors, ART and ONNX use."""
+    def ensemble(
+        self, k: int, seed: int | None = 0, *, value_range: tuple[float, float] = (0.0, 1.0)
+    ) -> SampledEnsemble:
+        """A frozen ensemble of K sampled networks: the unit attacks, detectors, ART and ONNX use.
+        ``value_range``: the inputs it accepts (the data's; images in [0, 1] by default)."""
         from .ensemble import SampledEnsemble
 
         params = {n: t.clone() for n, t in self.sample_frozen(k, seed=seed).items()}
-        return SampledEnsemble(self.target, params, seed=seed, kind="hypergan")
+        return SampledEnsemble(self.target, params, seed=seed, kind="hypergan", value_range=value_range)
 
     # ------------------------------------------------------------------ regularisers
     def prior_like(self, codes: Tensor, generator: torch.Generator | None = None) -> Tensor:

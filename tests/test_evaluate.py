@@ -214,3 +214,15 @@ def test_binomial_interval_is_exact_clopper_pearson():
     assert lo == 0.0 and hi == pytest.approx(0.3084971, abs=1e-6)  # 1 - 0.025 ** (1/10)
     lo, hi = binomial_ci(5, 10)
     assert lo < 0.5 < hi and lo == pytest.approx(1 - hi)
+
+
+def test_evaluate_on_the_cubic_regression_toy(tmp_path):
+    """Regression data: inputs in [-6, 6] are accepted (the ensembles take the data's range), the
+    model file records a dataset with no classes, and no attack runs."""
+    res = CliRunner().invoke(cli, ["evaluate", "--dataset", "cubic", "--train-steps", "30", "--members", "10",
+                                   "--out", str(tmp_path), "--quiet", "--threads", "1"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["data"]["task"] == "regression" and report["data"]["value_range"] == [-6.0, 6.0]
+    assert "classes" not in report["data"] and "attacks" not in report
+    assert "none were run" in " ".join(report["summary"]["lines"])

@@ -171,8 +171,9 @@ class EvalContext:
         """Sample the fixed (seed) and fresh (seed + 1) ensembles once and register the splits."""
         dev = torch.device(device)
         k, seed = options.members, options.seed
-        fixed = hypergan.ensemble(k, seed=seed).to(dev)
-        fresh = hypergan.ensemble(k, seed=seed + 1).to(dev)
+        vr = tuple(data.value_range)
+        fixed = hypergan.ensemble(k, seed=seed, value_range=vr).to(dev)
+        fresh = hypergan.ensemble(k, seed=seed + 1, value_range=vr).to(dev)
         scored = ScoredSplits(progress=progress)
         scored.add_ensemble("fixed", fixed)
         scored.add_ensemble("fresh", fresh)
