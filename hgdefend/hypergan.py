@@ -114,7 +114,9 @@ class HyperGAN(nn.Module):
         self.regulariser, self.beta = regulariser, float(beta)
         self.groups = list(target.param_groups)
         # Without a mixer (the paper's ablation) each generator reads its own slice of the noise:
-        # the layers' codes are then independent, so noise_dim must be layers × code_dim.
+        # the layers' codes are then independent, so noise_dim must be layers × code_dim. The codes
+        # are the noise itself, so the regulariser (GAN or MMD on the codes) gets no gradient into
+        # any trained weight: without a mixer the paper's latent regulariser does nothing.
         self.use_mixer = bool(mixer)
         n_codes = len(self.groups) * self.code_dim
         if not self.use_mixer and self.noise_dim != n_codes:

@@ -71,7 +71,12 @@ OUTPUTS = ("model.safetensors", "checkpoint.safetensors", "train_log.json")
 @click.option("--noise-dim", type=int, default=None, help="HyperGAN noise size [default: per dataset].")
 @click.option("--code-dim", type=int, default=None, help="Per-layer code size [default: per dataset].")
 @click.option("--hidden", type=int, default=None, help="Hidden width of mixer and generators.")
-@click.option("--no-mixer", is_flag=True, help="The paper's ablation: independent noise per layer.")
+@click.option(
+    "--no-mixer",
+    is_flag=True,
+    help="The paper's ablation: independent noise per layer (the codes are then the noise itself, so "
+    "--regulariser has nothing to train: no mixer means no regulariser too).",
+)
 @click.option("--eval-every", type=int, default=100, show_default=True)
 @click.option("--checkpoint-every", type=int, default=100, show_default=True)
 @click.option(
