@@ -3,9 +3,18 @@ with ``python benchmarks/NAME.py``)."""
 
 from __future__ import annotations
 
+import json
 import platform
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
 import torch
+
+from hgdefend.fileio import atomic_write
 
 
 def device_name(dev: torch.device) -> str:
@@ -19,3 +28,32 @@ def sync(dev: torch.device) -> None:
     """Wait for queued GPU work so wall-clock timings are real (no-op on CPU)."""
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
+
+
+def print_table(render: Callable[[dict], str]) -> bool:
+    """``NAME.py --table RUN.json``: print the RESULTS.md table of a run; True when that was asked."""
+    if len(sys.argv) == 3 and sys.argv[1] == "--table":
+        print(render(json.loads(Path(sys.argv[2]).read_text())))
+        return True
+    return False
+
+
+def run_record(benchmark: str, args: Any, dev: torch.device, started: float) -> dict:
+    """What every result records about its run: name, arguments, device, versions, date, seconds."""
+    return {
+        "benchmark": benchmark,
+        "args": vars(args),
+        "device": str(dev),
+        "device_name": device_name(dev),
+        "torch": torch.__version__,
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def emit(result: dict, out: str | None) -> None:
+    """Print the result as JSON on stdout, and write it to ``out`` (atomically) when given."""
+    text = json.dumps(result, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    if out:
+        atomic_write(out, text + "\n")
+    print(text)

@@ -19,24 +19,21 @@ Methods: ``paper`` (GAN regulariser, β = 1), ``mmd``, ``nomixer``, ``beta:W``, 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import device_name  # noqa: E402
+from _common import emit, print_table, run_record  # noqa: E402
 
 from hgdefend import load_data  # noqa: E402
 from hgdefend.attacks.transfer import transfer_rate  # noqa: E402
 from hgdefend.data import load_ood  # noqa: E402
 from hgdefend.detectors import compute_scores, conformal_threshold, detection_metrics  # noqa: E402
 from hgdefend.ensemble import SampledEnsemble, diversity, pairwise_disagreement  # noqa: E402
-from hgdefend.fileio import atomic_write  # noqa: E402
 from hgdefend.probabilities import predict  # noqa: E402
 from hgdefend.recipes import default_spec, train_model  # noqa: E402
 from hgdefend.training import TrainConfig, deep_ensemble, mc_dropout, resolve_device  # noqa: E402
@@ -192,8 +189,7 @@ def markdown_table(result: dict) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--table":
-        print(markdown_table(json.loads(Path(sys.argv[2]).read_text())))
+    if print_table(markdown_table):
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", default=str(DEFAULT_ROOT))
@@ -252,19 +248,10 @@ def main() -> None:
             )
     dev = resolve_device(args.device)
     out = {
-        "benchmark": "diversity",
-        "args": vars(args),
-        "device": str(dev),
-        "device_name": device_name(dev),
-        "torch": torch.__version__,
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.perf_counter() - t_all, 1),
+        **run_record("diversity", args, dev, t_all),
         "rows": rows,
     }
-    text = json.dumps(out, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-    if args.out:
-        atomic_write(args.out, text + "\n")
-    print(text)
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

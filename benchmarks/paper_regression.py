@@ -17,20 +17,18 @@ predictive mean. The paper's claim (section 4.3): the band widens as x leaves th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import device_name  # noqa: E402
+from _common import emit, print_table, run_record  # noqa: E402
 
 from hgdefend import load_data  # noqa: E402
 from hgdefend.ensemble import SampledEnsemble  # noqa: E402
-from hgdefend.fileio import atomic_path, atomic_write  # noqa: E402
+from hgdefend.fileio import atomic_path  # noqa: E402
 from hgdefend.recipes import default_recipe, train_model  # noqa: E402
 from hgdefend.training import resolve_device  # noqa: E402
 
@@ -125,8 +123,7 @@ def markdown_table(result: dict) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--table":
-        print(markdown_table(json.loads(Path(sys.argv[2]).read_text())))
+    if print_table(markdown_table):
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
@@ -168,13 +165,8 @@ def main() -> None:
               f"train MSE {r['train_mse']:.2f}", file=sys.stderr, flush=True)  # fmt: skip
     cfg = default_recipe(data)[1]
     out = {
-        "benchmark": "paper_regression",
+        **run_record("paper_regression", args, dev, t0),
         "paper": "Figure 2 (section 4.3): predictive mean ± 3 std of 10, 100 and 1,000 sampled networks",
-        "args": vars(args),
-        "device": str(dev),
-        "device_name": device_name(dev),
-        "torch": torch.__version__,
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": {
             "train_points": len(data.train),
             "noise_std": 3.0,
@@ -187,17 +179,13 @@ def main() -> None:
             "seconds": round(train_s, 2),
             "recipe": tm.training["recipe"],
         },
-        "seconds": round(time.perf_counter() - t0, 2),
         "plot": str(plot_path),
         "band_widens_outside": {
             str(r["members"]): r["band_width_outside"] > r["band_width_inside"] for r in rows
         },
         "sizes": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
     }
-    text = json.dumps(out, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-    if args.out:
-        atomic_write(args.out, text + "\n")
-    print(text)
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

@@ -21,21 +21,18 @@ no number, the cell says so.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import device_name  # noqa: E402
+from _common import emit, print_table, run_record  # noqa: E402
 
 from hgdefend import load_data  # noqa: E402
 from hgdefend.ensemble import SampledEnsemble, diversity  # noqa: E402
-from hgdefend.fileio import atomic_write  # noqa: E402
 from hgdefend.probabilities import predict  # noqa: E402
 from hgdefend.recipes import default_recipe, default_spec, train_model  # noqa: E402
 from hgdefend.targets import Conv, Linear  # noqa: E402
@@ -227,8 +224,7 @@ def markdown_table(result: dict) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--table":
-        print(markdown_table(json.loads(Path(sys.argv[2]).read_text())))
+    if print_table(markdown_table):
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", choices=("mnist", "digits"), default="mnist")
@@ -269,22 +265,13 @@ def main() -> None:
         acc, single = res["ensemble_accuracy"], res["single_network_accuracy_mean"]
         print(f"{setting}: acc {acc:.4f} (single {single:.4f}), norms {norms}", file=sys.stderr, flush=True)
     out = {
-        "benchmark": "paper_weight_norms",
+        **run_record("paper_weight_norms", args, dev, t_all),
         "paper": {"mnist": PAPER_MNIST, "quotes": PAPER_QUOTES},
         "notes": NOTES,
         "dataset": args.dataset,
-        "args": vars(args),
-        "device": str(dev),
-        "device_name": device_name(dev),
-        "torch": torch.__version__,
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.perf_counter() - t_all, 1),
         "rows": rows,
     }
-    text = json.dumps(out, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-    if args.out:
-        atomic_write(args.out, text + "\n")
-    print(text)
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import json
 import sys
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +33,12 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import device_name  # noqa: E402
+from _common import emit, print_table, run_record  # noqa: E402
 
 from hgdefend import load_data  # noqa: E402
 from hgdefend.art.binary_detector import detector_margin, train_binary_detector  # noqa: E402
 from hgdefend.attacks import APGD, FreshSamples  # noqa: E402
 from hgdefend.detectors import compute_scores, conformal_threshold, detection_metrics  # noqa: E402
-from hgdefend.fileio import atomic_write  # noqa: E402
 from hgdefend.probabilities import log_mean_probs, predict  # noqa: E402
 from hgdefend.recipes import default_spec, train_model  # noqa: E402
 from hgdefend.training import TrainConfig, deep_ensemble, resolve_device, single_network  # noqa: E402
@@ -259,8 +257,7 @@ def markdown_table(result: dict) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--table":
-        print(markdown_table(json.loads(Path(sys.argv[2]).read_text())))
+    if print_table(markdown_table):
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", default=str(DEFAULT_ROOT))
@@ -339,21 +336,12 @@ def main() -> None:
         row["score"] = "detector margin (ART BinaryInputDetector)" if m == "binary-detector" else SCORES[base]
         rows.append({**row, "training": info, "attack_seconds": round(time.perf_counter() - t0, 1)})
     out = {
-        "benchmark": "robust_mnist",
+        **run_record("robust_mnist", args, dev, t_all),
         "dataset": data.name,
         "train_inputs": len(data.train),
-        "args": vars(args),
-        "device": str(dev),
-        "device_name": device_name(dev),
-        "torch": torch.__version__,
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.perf_counter() - t_all, 1),
         "rows": rows,
     }
-    text = json.dumps(out, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-    if args.out:
-        atomic_write(args.out, text + "\n")
-    print(text)
+    emit(out, args.out)
 
 
 if __name__ == "__main__":
