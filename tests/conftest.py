@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from hgdefend import load_data
 from hgdefend.recipes import train_model
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -36,3 +39,20 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "MNIST" / "raw").is_dir():
         pytest.skip("../shared/data/MNIST is not beside this checkout")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def digits_deep4(digits):
+    """A briefly trained 4-member deep ensemble of the digits target: what the attack tests break."""
+    from hgdefend.recipes import default_spec
+    from hgdefend.training import TrainConfig, deep_ensemble
+
+    cfg = TrainConfig(steps=150, batch_size=64, seed=0)
+    return deep_ensemble(default_spec(digits), digits.train, 4, cfg, device="cpu", progress=False)
+
+
+def run_benchmark(script: str, *args: str) -> str:
+    """Run ``benchmarks/SCRIPT`` with ``args`` in a subprocess (as a user would); its stdout."""
+    out = subprocess.run([sys.executable, str(BENCHMARKS / script), *args],
+                         capture_output=True, text=True, timeout=300, check=True)  # fmt: skip
+    return out.stdout

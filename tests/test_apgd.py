@@ -10,7 +10,6 @@ from hgdefend import HyperGAN
 from hgdefend.attacks import APGD, APGDCE, APGDDLR, ATTACKS, PGD, FreshSamples, dlr_loss
 from hgdefend.attacks.apgd import apgd_checkpoints
 from hgdefend.recipes import default_recipe, default_spec
-from hgdefend.training import TrainConfig, deep_ensemble
 from hgdefend.validation import HgdefendError
 from hgdefend.vocab import ATTACK_NAMES
 
@@ -18,10 +17,8 @@ N = 60
 
 
 @pytest.fixture(scope="module")
-def ens(digits):
-    """A briefly trained 4-member ensemble (the same one tests/test_attacks.py attacks)."""
-    cfg = TrainConfig(steps=150, batch_size=64, seed=0)
-    return deep_ensemble(default_spec(digits), digits.train, 4, cfg, device="cpu", progress=False)
+def ens(digits_deep4):
+    return digits_deep4
 
 
 @pytest.fixture(scope="module")

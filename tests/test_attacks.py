@@ -14,17 +14,14 @@ from hgdefend.evaluate import AttackOptions, EvaluateOptions, run_evaluate
 from hgdefend.evaluate.attacks import EVADES_MISSED, attackers_best, findings
 from hgdefend.evaluate.options import parse_numbers
 from hgdefend.recipes import default_recipe, default_spec
-from hgdefend.training import TrainConfig, deep_ensemble
 from hgdefend.validation import HgdefendError
 
 N = 80  # attacked inputs: enough for rates to be stable, small enough for 2 cores
 
 
 @pytest.fixture(scope="module")
-def ens(digits):
-    """A briefly trained 4-member ensemble of the digits target (seconds on a CPU)."""
-    cfg = TrainConfig(steps=150, batch_size=64, seed=0)
-    return deep_ensemble(default_spec(digits), digits.train, 4, cfg, device="cpu", progress=False)
+def ens(digits_deep4):
+    return digits_deep4
 
 
 @pytest.fixture(scope="module")

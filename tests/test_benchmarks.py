@@ -5,19 +5,12 @@ scripts from rotting between measured runs.
 """
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from tests.conftest import run_benchmark
 
 
 def _run(script: str, *args: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, str(BENCH / script), *args],
-        capture_output=True, text=True, timeout=300, check=True,
-    )  # fmt: skip
-    return json.loads(out.stdout)
+    return json.loads(run_benchmark(script, *args))
 
 
 def test_members_benchmark_compares_auto_with_the_loop_in_the_same_run():

@@ -4,29 +4,19 @@ is wider outside the training data than inside it."""
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
 from hgdefend import load_data
 from hgdefend.ensemble import SampledEnsemble
 from hgdefend.recipes import default_recipe, train_model
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _run(script: str, *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, str(BENCH / script), *args],
-        capture_output=True, text=True, timeout=300, check=True,
-    )  # fmt: skip
-    return out.stdout
+from tests.conftest import run_benchmark
 
 
 def test_paper_regression_quick_writes_the_figure_and_band_widths(tmp_path):
-    d = json.loads(_run("paper_regression.py", "--quick", "--threads", "1", "--out-dir", str(tmp_path)))
+    d = json.loads(
+        run_benchmark("paper_regression.py", "--quick", "--threads", "1", "--out-dir", str(tmp_path))
+    )
     png = tmp_path / "paper_regression.png"
     assert d["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size < 200_000
@@ -62,7 +52,7 @@ def test_band_is_wider_outside_the_data_than_inside_at_the_default_recipe():
 
 def test_paper_weight_norms_quick_has_every_ablation_row(tmp_path):
     out = tmp_path / "norms.json"
-    d = json.loads(_run("paper_weight_norms.py", "--quick", "--threads", "1", "--out", str(out)))
+    d = json.loads(run_benchmark("paper_weight_norms.py", "--quick", "--threads", "1", "--out", str(out)))
     assert d["benchmark"] == "paper_weight_norms" and d["dataset"] == "digits"
     assert {"device", "device_name", "torch", "date_utc", "seconds"} <= set(d)
     rows = {r["setting"]: r for r in d["rows"]}
@@ -88,7 +78,7 @@ def test_paper_weight_norms_quick_has_every_ablation_row(tmp_path):
     # the table: the paper's numbers (MNIST only) beside ours, quoted, and no number where the text has none
     d["dataset"] = "mnist"
     out.write_text(json.dumps(d))
-    table = _run("paper_weight_norms.py", "--table", str(out))
+    table = run_benchmark("paper_weight_norms.py", "--table", str(out))
     assert "7.49 / 1.59 (σ²)" in table and "10.79 / 0.58 (σ²)" in table and "27.05 / 0.31 (σ²)" in table
     assert "Table 1" in table and "Table 3" in table and "99.31 %" in table
     no_mixer_paper = table.splitlines()[5]  # the paper's line under "no mixer": not in the text
