@@ -145,7 +145,7 @@ def _kind(value: object) -> str:
 # --------------------------------------------------------------------------- model files
 def check_target(cfg: object, where: str = "target") -> dict:
     t = obj(cfg, where, required=("kind", "name", "input_shape", "task"))
-    kind = string(t["kind"], f"{where}.kind", choices=("spec", "module"))
+    kind = string(t["kind"], f"{where}.kind", choices=("spec", "module", "head"))
     string(t["name"], f"{where}.name")
     int_list(t["input_shape"], f"{where}.input_shape", 1, MAX_WIDTH, min_len=1, max_len=4)
     string(t["task"], f"{where}.task", choices=TASKS)
@@ -157,12 +157,15 @@ def check_target(cfg: object, where: str = "target") -> dict:
         for i, layer in enumerate(layers):
             _check_layer(layer, f"{where}.layers[{i}]")
     else:
+        head = ("generate", "backbone_sha256") if kind == "head" else ()
         obj(
             t,
             where,
-            required=("num_outputs", "param_shapes"),
+            required=("num_outputs", "param_shapes", *head),
             allowed=("kind", "name", "input_shape", "task"),
         )
+        if kind == "head":
+            _check_head(t, where)
         integer(t["num_outputs"], f"{where}.num_outputs", 1, MAX_WIDTH)
         shapes = obj(t["param_shapes"], f"{where}.param_shapes")
         if not 1 <= len(shapes) <= 4 * MAX_LAYERS:
@@ -171,6 +174,18 @@ def check_target(cfg: object, where: str = "target") -> dict:
             string(key, f"{where}.param_shapes key")
             int_list(shape, f"{where}.param_shapes[{key[:40]!r}]", 1, MAX_WIDTH, max_len=6)
     return t
+
+
+def _check_head(t: dict, where: str) -> None:
+    """The fields a head target (a generated head over a frozen pretrained model) adds."""
+    names = t["generate"]
+    if not isinstance(names, list) or not 1 <= len(names) <= MAX_LAYERS:
+        raise SchemaError(f"{where}.generate: expected a list of 1 to {MAX_LAYERS} submodule names")
+    for i, n in enumerate(names):
+        string(n, f"{where}.generate[{i}]")
+    sha = string(t["backbone_sha256"], f"{where}.backbone_sha256", max_len=64)
+    if not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise SchemaError(f"{where}.backbone_sha256: expected 64 lowercase hex digits")
 
 
 def _check_layer(layer: object, where: str) -> None:

@@ -8,6 +8,8 @@ generator each) and how to evaluate K weight sets on a batch at once, returning 
   can be written to JSON (model files carry it) and evaluated with grouped convolutions.
 * :class:`ModuleTarget` — any user ``torch.nn.Module`` classifier, evaluated for K members with
   ``torch.func.functional_call`` + ``vmap``.
+* :class:`HeadTarget` — a user's pretrained classifier, frozen, whose head alone is generated
+  (as offsets around the pretrained head); the frozen part runs once per input.
 
 Everything that evaluates members (training, ensembles, attacks, detectors, export) goes through
 ``target.forward(params, x)``. How the K members are evaluated is a strategy
@@ -19,7 +21,7 @@ tested against.
 Modules: :mod:`.layers` (layer vocabulary, parameter groups and keys, the ``Target`` protocol),
 :mod:`.strategy` (strategy names and the automatic choice), :mod:`.spec` (``TargetSpec`` and its
 batched kernels), :mod:`.builtin` (the built-in nets), :mod:`.module` (``ModuleTarget`` and
-:func:`target_from_config`).
+:func:`target_from_config`), :mod:`.head` (``HeadTarget``).
 """
 
 from .builtin import (
@@ -30,6 +32,7 @@ from .builtin import (
     mnist_paper,
     regression_1d,
 )
+from .head import HeadTarget, backbone_sha256
 from .layers import (
     Act,
     Conv,
@@ -80,6 +83,7 @@ __all__ = [
     "Conv",
     "Dropout",
     "Flatten",
+    "HeadTarget",
     "Layer",
     "Linear",
     "MaxPool",
@@ -91,6 +95,7 @@ __all__ = [
     "Target",
     "TargetSpec",
     "activation_bytes",
+    "backbone_sha256",
     "check_params",
     "choose_strategy",
     "cifar10_paper",

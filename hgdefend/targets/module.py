@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from .head import HeadTarget
 from .layers import ParamGroup, Params, Strategy, Target, _kaiming_init, num_members, param_key
 from .spec import TargetSpec
 from .strategy import _precision, mode_of, resolve_strategy
@@ -103,10 +104,13 @@ class ModuleTarget:
 
 
 def target_from_config(cfg: dict[str, Any], module: nn.Module | None = None) -> Target:
-    """Rebuild a target from a model file's config; a module target needs the user's module."""
+    """Rebuild a target from a model file's config; a module target needs the user's module, a head
+    target the user's pretrained model (:meth:`~hgdefend.targets.head.HeadTarget.from_config`)."""
     kind = cfg.get("kind")
     if kind == "spec":
         return TargetSpec.from_config(cfg)
+    if kind == "head":
+        return HeadTarget.from_config(cfg, module)
     if kind == "module":
         if module is None:
             raise ValueError(
