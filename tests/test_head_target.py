@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -237,3 +241,14 @@ def test_resnet18_fc_head_matches_the_loop():
         batched = t.forward(p, x, strategy="vmap")
         torch.testing.assert_close(batched, t.forward(p, x, strategy="loop"), atol=1e-5, rtol=0)
         torch.testing.assert_close(batched, reference(model, t, p, x), atol=1e-5, rtol=0)
+
+
+def test_the_example_runs():
+    script = Path(__file__).resolve().parents[1] / "examples" / "protect_your_model.py"
+    res = subprocess.run([sys.executable, str(script), "--steps", "20"], capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert any(line.startswith("your model") for line in lines), res.stdout
+    assert any(line.startswith("head HyperGAN") for line in lines), res.stdout
+    assert any("refused" in line for line in lines), res.stdout
