@@ -20,6 +20,7 @@ clean test split.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,8 @@ from .baselines import DetectorFGSM, DetectorPGD, Method, build_baselines, split
 from .context import EvalContext
 from .detection import fit_detector
 from .formatting import fmt, pct, table
+from .gradient_checks import findings as check_findings
+from .gradient_checks import render_checks, section_checks
 from .options import AttackOptions
 from .plots import plot_attack_success
 from .progress import bar
@@ -248,6 +251,7 @@ def findings(sec: dict[str, Any]) -> list[str]:
             f"{pct(sec['sanity']['success'])} of inputs on one fixed network (expected >= "
             f"{pct(SANITY_MIN_SUCCESS, 0)}); the attack numbers below are not trustworthy."
         )
+    out += check_findings(sec.get("gradient_checks"))
     for m in sec["methods"]:
         if m["name"] != "hypergan":
             continue
@@ -296,6 +300,13 @@ def attacks_section(ctx: EvalContext) -> dict[str, Any] | None:
     n_rows = len(methods) * len(cfg.attacks) * len(cfg.protocols) * len(cfg.eps)
     with bar(n_rows, "attacks", ctx.progress) as b:
         sec["methods"] = [run_method(ctx, m, cfg, b) for m in methods]
+    hg_method = methods[0]
+
+    def check_attack(name: str, eps: float, steps: int) -> Any:
+        c = replace(cfg, steps=steps)
+        return _make_attack(name, "fixed", hg_method.eot, eps, c, score=hg_method.score)
+
+    sec["gradient_checks"] = section_checks(ctx, hg_method, cfg, check_attack)
     sec["plot"] = None  # one eps is one point per line: no plot (and no matplotlib time)
     if len(cfg.eps) > 1:
         sec["plot"] = plot_attack_success(sec["methods"], ctx.out_dir / PLOT_NAME).name
@@ -355,6 +366,7 @@ def render_attacks(sec: dict[str, Any]) -> list[str]:
         f"Sanity check (PGD, eps {s['params']['eps']:g}, {s['params']['steps']} steps, one fixed network): "
         f"success {pct(s['success'])} — **{'passed' if s['passed'] else 'FAILED: the attack is broken'}**.",
         "",
+        *render_checks(sec.get("gradient_checks")),
     ]
     rows = [
         [

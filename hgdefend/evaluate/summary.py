@@ -150,6 +150,11 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         follows.append(f"do not rely on the detector for {', '.join(weak)} (AUROC below {POOR_AUROC:g})")
     if att is not None and att.get("sanity") and not att["sanity"]["passed"]:
         follows.append("the attack sanity check failed, so the attack numbers cannot be trusted")
+    if att is not None and att.get("gradient_checks") and not att["gradient_checks"]["passed"]:
+        follows.append(
+            "a check for obfuscated gradients failed (see the Attacks section), so the attack numbers "
+            "may overstate robustness"
+        )
     if transfer is not None and not transfer.get("skipped") and not transfer["sanity"]["passed"]:
         follows.append("the attack sanity check failed, so the transfer numbers cannot be trusted")
     if not follows:
