@@ -39,7 +39,9 @@ from hgdefend import load_data  # noqa: E402
 from hgdefend.art.binary_detector import detector_margin, train_binary_detector  # noqa: E402
 from hgdefend.attacks import APGD, FreshSamples  # noqa: E402
 from hgdefend.detectors import compute_scores, conformal_threshold, detection_metrics  # noqa: E402
-from hgdefend.probabilities import log_mean_probs, predict  # noqa: E402
+from hgdefend.evaluate.gradient_checks import obfuscation_checks as gradient_checks  # noqa: E402
+from hgdefend.evaluate.gradient_checks import square_attack  # noqa: E402
+from hgdefend.probabilities import predict  # noqa: E402
 from hgdefend.recipes import default_spec, train_model  # noqa: E402
 from hgdefend.training import TrainConfig, deep_ensemble, resolve_device, single_network  # noqa: E402
 
@@ -177,60 +179,34 @@ def attack_method(name: str, model: dict, judge: Judge, data, args, dev: torch.d
     return out
 
 
-class _MeanLogProb(nn.Module):
-    """The scoring networks' log mean probability as a module, for ART's black-box attack."""
-
-    def __init__(self, scoring) -> None:
-        super().__init__()
-        self.scoring = scoring
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return log_mean_probs(self.scoring.member_logits(x, batch_size=250))
-
-
-def square_accuracy(judge: Judge, x: torch.Tensor, y: np.ndarray, eps: float, args) -> float:
-    """Accuracy under ART's SquareAttack (gradient-free) on the scoring networks' prediction."""
-    from art.attacks.evasion import SquareAttack
-    from art.estimators.classification import PyTorchClassifier
-
-    est = PyTorchClassifier(
-        model=_MeanLogProb(judge.scoring), loss=nn.NLLLoss(), input_shape=tuple(x.shape[1:]),
-        nb_classes=int(judge.scoring.member_logits(x[:1]).shape[-1]), clip_values=(0.0, 1.0),
-        device_type="gpu" if x.device.type == "cuda" else "cpu",
-    )  # fmt: skip
-    atk = SquareAttack(est, norm=np.inf, eps=eps, max_iter=args.square_queries, nb_restarts=1,
-                       batch_size=len(x), verbose=False)  # fmt: skip
-    np.random.seed(args.seed)  # noqa: NPY002 - ART's SquareAttack draws from the global numpy state
-    x_adv = torch.as_tensor(atk.generate(x.cpu().numpy(), y=y), device=x.device)
-    pred, _ = judge(x_adv)
-    return float((pred == y).mean())
-
-
 def obfuscation_checks(model: dict, judge: Judge, x: torch.Tensor, y: np.ndarray, args) -> dict:
-    """Athalye et al.'s signs of a broken evaluation: at a large eps APGD-CE must fool (nearly) all
-    inputs; twice the steps must not be much stronger; the white-box attack must be at least as
-    strong as a black-box one (ART's SquareAttack) at the same eps."""
+    """Athalye et al.'s signs of a broken evaluation, by the library's checks (the ones ``hgdefend
+    evaluate`` writes into its report: :mod:`hgdefend.evaluate.gradient_checks`): at a large eps
+    APGD-CE must fool (nearly) all inputs; twice the steps must not be much stronger; the white-box
+    attack must be at least as strong as a black-box one (ART's SquareAttack) at the same eps."""
     y_t = torch.as_tensor(y, device=x.device)
     n = min(len(x), args.check_inputs)
-
-    def acc(eps: float, steps: int) -> float:
-        atk = APGD(model["attacked"], eps, steps, eot_iter=model["eot_iter"], seed=args.seed + 7)
-        pred, _ = judge(atk(x[:n], y_t[:n]))
-        return float((pred == y[:n]).mean())
-
     top = max(args.eps)
-    white = acc(top, args.steps)
+    res = gradient_checks(
+        lambda e, s: APGD(model["attacked"], e, s, eot_iter=model["eot_iter"], seed=args.seed + 7),
+        lambda inp: judge(inp)[0],
+        x[:n],
+        y_t[:n],
+        eps=[top],
+        steps=args.steps,
+        large=args.check_eps,
+        black_box=lambda xb, yb, e: square_attack(
+            judge.scoring, xb, yb, e, queries=args.square_queries, seed=args.seed
+        ),
+    )
+    more = res["more_steps"]
     return {
         "inputs": n,
         "large_eps": args.check_eps,
-        "accuracy_at_large_eps": acc(args.check_eps, args.steps),
-        "accuracy_at_eps": {"eps": top, "steps": args.steps, "accuracy": white},
-        "accuracy_more_steps": {"eps": top, "steps": 2 * args.steps, "accuracy": acc(top, 2 * args.steps)},
-        "square": {
-            "eps": top,
-            "queries": args.square_queries,
-            "accuracy": square_accuracy(judge, x[:n], y[:n], top, args),
-        },  # fmt: skip
+        "accuracy_at_large_eps": res["eps_sweep"]["accuracy"][-1],  # at max(--eps) if --check-eps <= it
+        "accuracy_at_eps": {"eps": top, "steps": args.steps, "accuracy": more["accuracy"]},
+        "accuracy_more_steps": {"eps": top, "steps": 2 * args.steps, "accuracy": more["accuracy_more_steps"]},
+        "square": {"eps": top, "queries": args.square_queries, "accuracy": res["black_box"]["accuracy"]},
     }
 
 

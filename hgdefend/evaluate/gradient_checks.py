@@ -41,6 +41,8 @@ SQUARE_QUERIES = 300
 full suite only: in the small default section it took 3–6 s on digits (one thread of a loaded
 2-core CPU; each query is a forward of all K = 100 scoring networks), several times the rest of the
 section, against a 30 s limit on the whole default ``evaluate``."""
+SQUARE_BATCH = 250
+"""Inputs per forward of the queried networks (bounds memory; no effect on the attack)."""
 SKIPPED_DEFAULT = (
     "not run in the small default section, where it would cost several times the rest of the "
     "section; `--attacks` runs it"
@@ -108,8 +110,8 @@ def square_attack(
         clip_values=(float(value_range[0]), float(value_range[1])),
         device_type="gpu" if x.device.type == "cuda" else "cpu",
     )
-    atk = SquareAttack(est, norm=np.inf, eps=eps, max_iter=queries, nb_restarts=1, batch_size=len(x),
-                       verbose=False)  # fmt: skip
+    atk = SquareAttack(est, norm=np.inf, eps=eps, max_iter=queries, nb_restarts=1,
+                       batch_size=min(len(x), SQUARE_BATCH), verbose=False)  # fmt: skip
     state = np.random.get_state()  # noqa: NPY002 - ART's SquareAttack draws from the global state
     np.random.seed(seed)  # noqa: NPY002
     try:
