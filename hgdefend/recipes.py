@@ -6,16 +6,18 @@ same seed gives the same weights whichever command trains.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .data import DataSplits
 from .errors import HgdefendError
 from .hypergan import HyperGAN
-from .targets import TargetSpec, cifar10_paper, digits_small, mnist_paper, regression_1d
+from .targets import HeadTarget, Target, TargetSpec, cifar10_paper, digits_small, mnist_paper, regression_1d
 from .training import TrainConfig, Trainer, TrainResult
 
 
@@ -34,6 +36,26 @@ def default_spec(data: DataSplits) -> TargetSpec:
         f"dataset: no built-in target for input shape {list(shape)}; train a model on your own "
         "nn.Module with the Python API (ModuleTarget) and pass it with --model"
     )
+
+
+def default_target(
+    data: DataSplits, backbone: nn.Module | None = None, generate: Sequence[str] | None = None
+) -> Target:
+    """:func:`default_spec`, or with ``backbone`` a :class:`HeadTarget` generating ``generate`` of it
+    (its outputs must be the dataset's classes)."""
+    if backbone is None:
+        if generate is not None:
+            raise HgdefendError("generate: names the head of a backbone; give the backbone too")
+        return default_spec(data)
+    if generate is None:
+        raise HgdefendError("generate: name the backbone's submodules to generate, e.g. ['fc']")
+    target = HeadTarget(backbone, generate, data.input_shape, task=data.task)
+    if data.task == "classification" and target.num_outputs != data.num_classes:
+        raise HgdefendError(
+            f"backbone: gives {target.num_outputs} outputs, the dataset (with its classes) has "
+            f"{data.num_classes} classes"
+        )
+    return target
 
 
 def default_recipe(data: DataSplits) -> tuple[dict[str, Any], TrainConfig]:
@@ -96,8 +118,15 @@ def train_model(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    backbone: nn.Module | None = None,
+    generate: Sequence[str] | None = None,
 ) -> TrainedModel:
     """Build the default HyperGAN for ``data`` (:func:`default_spec`, :func:`default_recipe`) and train it.
+
+    With ``backbone`` (a pretrained ``nn.Module``), the target is
+    ``HeadTarget(backbone, generate, data.input_shape)`` instead: only the submodules named in
+    ``generate`` are generated (:class:`~hgdefend.targets.HeadTarget`); the HyperGAN's sizes and the
+    training recipe are the dataset's as before.
 
     ``None`` keeps the recipe's value. The calibration split is the validation set (evaluated every
     ``eval_every`` steps and at the end); ``checkpoint`` is written every ``checkpoint_every`` steps
@@ -106,10 +135,11 @@ def train_model(
     ``adv_eps``, ``adv_steps``, ``adv_alpha``, ``trades_beta``) trains on inputs crafted against each
     step's networks (:mod:`hgdefend.adversarial`).
     """
+    target = default_target(data, backbone, generate)
     hp, cfg = default_recipe(data)
     hp.update({k: v for k, v in (("noise_dim", noise_dim), ("code_dim", code_dim), ("hidden", hidden)) if v})
     if not mixer:  # each generator reads its own slice of the noise
-        hp["noise_dim"] = len(default_spec(data).param_groups) * hp["code_dim"]
+        hp["noise_dim"] = len(target.param_groups) * hp["code_dim"]
     given = {"steps": steps, "nets_per_step": nets_per_step, "batch_size": batch_size, "lr": lr,
              "adv_eps": adv_eps, "adv_steps": adv_steps, "adv_alpha": adv_alpha,
              "trades_beta": trades_beta}  # fmt: skip
@@ -127,7 +157,7 @@ def train_model(
     if checkpoint is not None:
         Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)  # the HyperGAN's initial weights
-    hg = HyperGAN(default_spec(data), regulariser=regulariser, beta=beta, mixer=mixer, **hp)
+    hg = HyperGAN(target, regulariser=regulariser, beta=beta, mixer=mixer, **hp)
     result = Trainer(hg, data.train, cfg, val=data.calib, device=device, progress=progress,
                      checkpoint=checkpoint).fit(resume=resume)  # fmt: skip
     recipe = {**hp, "regulariser": regulariser, "beta": beta, "mixer": mixer,
