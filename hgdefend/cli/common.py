@@ -127,3 +127,54 @@ def check_threads(threads: int | None) -> None:
 
 def command_line() -> str:
     return " ".join(["hgdefend", *sys.argv[1:]])
+
+
+def backbone_options(*, generate: bool = False) -> Callable:
+    """--backbone FILE.py:FUNCTION and --backbone-weights (and, for train, --generate)."""
+
+    def deco(fn: Callable) -> Callable:
+        opts = [
+            click.option(
+                "--backbone", default=None, metavar="FILE.py:FUNCTION",
+                help="Your pretrained model: FUNCTION() in FILE.py (or package.module:FUNCTION) "
+                "returns it. This RUNS that file, as `python FILE.py` would; name only your own code "
+                "(model files never run code).",
+            ),
+            click.option(
+                "--backbone-weights", default=None, type=click.Path(dir_okay=False),
+                help="Its state_dict: .safetensors, or .pt/.pth read with torch.load(weights_only=True) "
+                "(no pickled objects).",
+            ),
+        ]  # fmt: skip
+        if generate:
+            opts.append(click.option(
+                "--generate", default=None, metavar="NAMES",
+                help="With --backbone: comma list of its last submodules to generate, e.g. fc "
+                "(the rest stays frozen).",
+            ))  # fmt: skip
+        for option in reversed(opts):
+            fn = option(fn)
+        return fn
+
+    return deco
+
+
+def get_backbone(backbone: str | None, weights: str | None) -> Any:
+    """The module ``--backbone`` builds with ``--backbone-weights`` loaded, or None without it."""
+    if backbone is None:
+        if weights is not None:
+            raise CLIError("--backbone-weights: needs --backbone (the model the weights are for)")
+        return None
+    from ..backbone import load_backbone
+
+    return load_backbone(backbone, weights)
+
+
+def load_cli_model(path: str, backbone: str | None, weights: str | None, device: Any = "cpu") -> Any:
+    """``load_model`` for a command: a model over your own module needs ``--backbone``."""
+    from ..backbone import check_backbone_for
+    from ..io import load_model
+
+    module = get_backbone(backbone, weights)
+    check_backbone_for(path, module)
+    return load_model(path, module=module, device=device)

@@ -7,7 +7,17 @@ import json
 import click
 
 from ..vocab import BASELINE_NAMES, REGULARISERS
-from .common import command_line, common_options, echo, friendly_errors, set_threads, trust_data_root_option
+from .common import (
+    CLIError,
+    backbone_options,
+    command_line,
+    common_options,
+    echo,
+    friendly_errors,
+    get_backbone,
+    set_threads,
+    trust_data_root_option,
+)
 
 
 @click.command()
@@ -103,6 +113,7 @@ from .common import command_line, common_options, echo, friendly_errors, set_thr
     help="Folder for report.html, report.md, report.json and plots.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of text.")
+@backbone_options()
 @common_options
 @friendly_errors
 def evaluate(
@@ -130,6 +141,8 @@ def evaluate(
     beta,
     out,
     as_json,
+    backbone,
+    backbone_weights,
     seed,
     device,
     threads,
@@ -139,9 +152,21 @@ def evaluate(
 
     Progress goes to stderr (only on a terminal); a short summary ends on stdout.
     """
+    from ..backbone import check_backbone_for
     from ..evaluate import EvaluateOptions, run_evaluate
 
     set_threads(threads)
+    if backbone is not None and (onnx_path is not None or model is None):
+        raise CLIError(
+            "--backbone: goes with --model (a model file trained over it with `hgdefend train "
+            "--backbone`); evaluating an exported .onnx file of such a model is not built yet"
+            if onnx_path is not None
+            else "--backbone: goes with --model (train one first with `hgdefend train --backbone "
+            "... --generate ...`)"
+        )
+    module = get_backbone(backbone, backbone_weights)
+    if model is not None and onnx_path is None:
+        check_backbone_for(model, module)
     opts = EvaluateOptions(
         dataset=dataset,
         data_root=data_root,
@@ -170,7 +195,7 @@ def evaluate(
         beta=beta,
         quiet=quiet,
     )
-    report, paths = run_evaluate(opts, command=command_line())
+    report, paths = run_evaluate(opts, command=command_line(), module=module)
     summary = report["summary"]
     gate = report.get("gate")
     if as_json:

@@ -8,9 +8,12 @@ import click
 
 from ..vocab import SCORES
 from .common import (
+    CLIError,
+    backbone_options,
     command_line,
     echo,
     friendly_errors,
+    get_backbone,
     max_memory_option,
     quiet_option,
     seed_option,
@@ -96,6 +99,7 @@ EXIT_PARITY = 1
     "realised FPR, OOD detection) on the model's dataset and write the report into this folder.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@backbone_options()
 @seed_option("Seed of the weight draw.")
 @threads_option()
 @quiet_option("No summary.")
@@ -119,6 +123,8 @@ def export(
     kernel,
     opset,
     report_dir,
+    backbone,
+    backbone_weights,
     threads,
     as_json,
     quiet,
@@ -130,9 +136,17 @@ def export(
     file is kept only if onnxruntime (CPU) reproduces the torch ensemble at batch 1 and N and flags
     invalid inputs; otherwise nothing is left at OUT (exit 1). Prints the file's SHA-256.
     """
+    from ..backbone import check_backbone_for
     from ..export import ParityError, export_onnx
 
     set_threads(threads)
+    module = get_backbone(backbone, backbone_weights)
+    check_backbone_for(model, module)
+    if module is not None and report_dir is not None:
+        raise CLIError(
+            "--report: evaluating the exported file of a model over your own module is not built yet; "
+            "run `hgdefend evaluate --model MODEL --backbone ...` for the model's report"
+        )
     try:
         result = export_onnx(
             model,
@@ -151,6 +165,7 @@ def export(
             data_root=data_root,
             kernel=kernel,
             trust_data_root=trust_data_root,
+            module=module,
         )
     except ParityError as exc:
         echo(f"error: {exc}", err=True)

@@ -7,7 +7,7 @@ import math
 
 import click
 
-from .common import echo, friendly_errors
+from .common import CLIError, backbone_options, echo, friendly_errors, load_cli_model
 
 
 @click.command()
@@ -19,19 +19,20 @@ from .common import echo, friendly_errors
     help="A model file from `hgdefend train` (or `evaluate`), or an .onnx file from `hgdefend export`.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
+@backbone_options()
 @friendly_errors
-def info(model: str, as_json: bool) -> None:
+def info(model: str, as_json: bool, backbone: str | None, backbone_weights: str | None) -> None:
     """Show a model or .onnx file's SHA-256 and config, metadata or parameter counts.
 
     For an .onnx file: the file's SHA-256 (pin it with `detect --expected-sha256`), the embedded
     digest, K, seed, score, threshold, inputs and outputs; an altered file is refused.
     """
     if model.lower().endswith(".onnx"):
+        if backbone is not None or backbone_weights is not None:
+            raise CLIError("--backbone: an .onnx file holds the whole graph; leave it out")
         _onnx_info(model, as_json)
         return
-    from ..io import load_model
-
-    loaded = load_model(model)
+    loaded = load_cli_model(model, backbone, backbone_weights)
     hg = loaded.hypergan
     counts = {
         "mixer": sum(p.numel() for p in hg.mixer.parameters()) if hg.mixer is not None else 0,
@@ -61,6 +62,10 @@ def info(model: str, as_json: bool) -> None:
     echo(f"format     {cfg['format']} v{cfg['format_version']} (hgdefend {cfg['library_version']})")
     echo(f"target     {cfg['target']['name']} input {cfg['target']['input_shape']} "
                f"({counts['target_network']:,} parameters per sampled network)")  # fmt: skip
+    t = cfg["target"]
+    if t["kind"] == "head":
+        echo(f"backbone   sha256 {t['backbone_sha256']} (your pretrained model, frozen; "
+             f"generated: {', '.join(t['generate'])}, as offsets around its weights)")  # fmt: skip
     echo(f"hypergan   {json.dumps(cfg['hypergan'])}")
     echo("diversity  " + ("not recorded (no training recipe in the file)" if diversity is None else
                                 f"{diversity['objective']} (weight {diversity['weight']:g})"))  # fmt: skip

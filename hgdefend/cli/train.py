@@ -7,7 +7,16 @@ import json
 import click
 
 from ..vocab import ADVERSARIAL_METHODS, DIVERSITY_OBJECTIVES, REGULARISERS
-from .common import CLIError, common_options, echo, friendly_errors, set_threads, trust_data_root_option
+from .common import (
+    CLIError,
+    backbone_options,
+    common_options,
+    echo,
+    friendly_errors,
+    get_backbone,
+    set_threads,
+    trust_data_root_option,
+)
 
 OUTPUTS = ("model.safetensors", "checkpoint.safetensors", "train_log.json")
 """The files ``train`` writes into ``--out``."""
@@ -87,14 +96,20 @@ OUTPUTS = ("model.safetensors", "checkpoint.safetensors", "train_log.json")
     "anneals over the budget.",
 )
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.safetensors.")
+@backbone_options(generate=True)
 @common_options
 @friendly_errors
 def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, steps, nets_per_step,
           batch_size, lr, regulariser, beta, diversity, diversity_weight, adversarial, adv_eps,
           adv_steps, adv_alpha, trades_beta, noise_dim, code_dim, hidden,
-          no_mixer, eval_every, checkpoint_every, time_budget, resume, seed, device,
-          threads, quiet) -> None:  # fmt: skip
-    """Train a HyperGAN on DATASET and save OUT/model.safetensors."""
+          no_mixer, eval_every, checkpoint_every, time_budget, resume, backbone, backbone_weights,
+          generate, seed, device, threads, quiet) -> None:  # fmt: skip
+    """Train a HyperGAN on DATASET and save OUT/model.safetensors.
+
+    With --backbone and --generate, the HyperGAN generates only the named head of your pretrained
+    model, as offsets around its weights; the rest stays frozen, and the model file records the
+    SHA-256 of those weights (loading it needs the same --backbone and --backbone-weights).
+    """
     from ..data import load_data
     from ..fileio import FolderLock, atomic_write, check_output
     from ..io import save_model
@@ -102,6 +117,7 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
     from ..training import resolve_device
 
     set_threads(threads)
+    names = _generate_names(generate, backbone)
     dev = resolve_device(device)
     out = check_output(out_dir, name="--out")
     for name in OUTPUTS:  # before training: a link planted at a name we write is refused now
@@ -111,6 +127,7 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
         raise CLIError(f"--resume: no checkpoint at {ckpt}")
     data = load_data(dataset, root=data_root, download=download, in_classes=in_classes,
                      trust_data_root=trust_data_root)  # fmt: skip
+    module = get_backbone(backbone, backbone_weights)
     with FolderLock(out, "--out") as lock:
         lock.acquire()  # a second run into the same folder is refused before it trains
         trained = train_model(data, seed=seed, device=dev, steps=steps, nets_per_step=nets_per_step,
@@ -123,7 +140,7 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
                               noise_dim=noise_dim, code_dim=code_dim, hidden=hidden, mixer=not no_mixer,
                               eval_every=eval_every, checkpoint_every=checkpoint_every,
                               time_budget=time_budget, checkpoint=ckpt, resume=resume,
-                              progress=not quiet)  # fmt: skip
+                              progress=not quiet, backbone=module, generate=names)  # fmt: skip
         result = trained.result
         sha = save_model(out / "model.safetensors", trained.hypergan, dataset=data.describe(),
                          training=trained.file_record)  # fmt: skip
@@ -137,3 +154,16 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
                        f"steps, {result.seconds:.1f} s"
                        + (f"; calibration accuracy of a 10-network ensemble {100 * acc:.2f} %"
                           if acc is not None else ""))  # fmt: skip
+
+
+def _generate_names(generate: str | None, backbone: str | None) -> list[str] | None:
+    if generate is None:
+        if backbone is not None:
+            raise CLIError("--generate: name the submodules of --backbone to generate, e.g. --generate fc")
+        return None
+    if backbone is None:
+        raise CLIError("--generate: needs --backbone (the pretrained model whose head it names)")
+    names = [n.strip() for n in generate.split(",")]
+    if not all(names):
+        raise CLIError(f"--generate: expected a comma list of submodule names like fc, got {generate!r}")
+    return names

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .. import __version__
 from ..data import DataSplits, load_data
@@ -200,8 +201,13 @@ def _obtain_model(
     return load_model(path, device=device), {"source": "trained", "path": str(path), **trained.training}
 
 
-def run_evaluate(opts: EvaluateOptions, command: str | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
-    """Run the evaluation and write the report; return (report, written paths by kind)."""
+def run_evaluate(
+    opts: EvaluateOptions, command: str | None = None, *, module: nn.Module | None = None
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Run the evaluation and write the report; return (report, written paths by kind).
+
+    ``module``: the user's model that ``opts.model`` was trained on (a model over a pretrained
+    backbone, or a user ``nn.Module`` target), passed to :func:`~hgdefend.io.load_model`."""
     t0 = time.perf_counter()
     opts = opts.checked()
     parse_fail_under(opts.fail_under)  # bad syntax fails before any training
@@ -209,15 +215,15 @@ def run_evaluate(opts: EvaluateOptions, command: str | None = None) -> tuple[dic
     progress = progress_enabled(opts.quiet, opts.progress)
     device = resolve_device(opts.device)
     with FolderLock(opts.out) as lock:
-        return _run(opts, command, device, progress, lock, t0)
+        return _run(opts, command, device, progress, lock, t0, module)
 
 
 def _run(opts: EvaluateOptions, command: str | None, device: torch.device, progress: bool, lock: FolderLock,
-         t0: float) -> tuple[dict[str, Any], dict[str, Path]]:  # fmt: skip
+         t0: float, module: nn.Module | None = None) -> tuple[dict[str, Any], dict[str, Path]]:  # fmt: skip
     if opts.onnx is not None:
         ctx, head = onnx_context(opts, device, progress)
     else:
-        ctx, head = _model_context(opts, device, progress, lock)
+        ctx, head = _model_context(opts, device, progress, lock, module)
     lock.acquire()  # plots and the report are written from here on
     meta = environment(seed=head["seed"], device=device, model_sha256=head["model_sha256"], command=command)
     meta.update(head.get("meta", {}))
@@ -238,11 +244,12 @@ def _run(opts: EvaluateOptions, command: str | None, device: torch.device, progr
 
 
 def _model_context(
-    opts: EvaluateOptions, device: torch.device, progress: bool, lock: FolderLock
-) -> tuple[EvalContext, dict[str, Any]]:
+    opts: EvaluateOptions, device: torch.device, progress: bool, lock: FolderLock,
+    module: nn.Module | None = None,
+) -> tuple[EvalContext, dict[str, Any]]:  # fmt: skip
     """The context of a model file (or of the model trained now), and the report's title, seed and
     model hash."""
-    pre = load_model(opts.model, device=device) if opts.model else None
+    pre = load_model(opts.model, module=module, device=device) if opts.model else None
     dataset = _dataset_name(opts, pre)
     data = load_data(
         dataset,
