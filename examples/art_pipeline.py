@@ -56,9 +56,16 @@ def main() -> None:
     attacks = {
         "FGSM": FastGradientMethod(clf, eps=eps),
         "PGD": ProjectedGradientDescent(clf, eps=eps, eps_step=eps / 8, max_iter=20, verbose=False),
-        "AutoAttack (APGD-CE)": AutoAttack(clf, eps=eps, eps_step=eps / 8, attacks=[
-            AutoProjectedGradientDescent(clf, eps=eps, eps_step=eps / 8, max_iter=20, nb_random_init=1,
-                                         verbose=False)]),  # fmt: skip
+        "AutoAttack (APGD-CE)": AutoAttack(
+            clf,
+            eps=eps,
+            eps_step=eps / 8,
+            attacks=[
+                AutoProjectedGradientDescent(
+                    clf, eps=eps, eps_step=eps / 8, max_iter=20, nb_random_init=1, verbose=False
+                )
+            ],
+        ),  # fmt: skip
     }
 
     def row(name: str, xs: np.ndarray) -> None:
