@@ -85,7 +85,10 @@ def _find_source(opts: EvaluateOptions, det: OnnxDetector, device: torch.device)
             f"not found: {name!r} (named in the file's metadata) is not beside {det.path!r} nor in the "
             "working folder; pass --model to run transfer attacks"
         )
-    loaded = load_model(found, device=device)
+    try:
+        loaded = load_model(found, device=device)
+    except HgdefendError as e:  # e.g. a model over a pretrained backbone, which needs that model
+        return None, f"not used: {str(found)!r} could not be loaded here ({e})"
     if loaded.sha256 != recorded:
         return None, (
             f"not used: {str(found)!r} has SHA-256 {loaded.sha256}, not the {recorded} recorded at export"
