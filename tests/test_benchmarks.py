@@ -69,3 +69,15 @@ def test_robust_benchmark_quick_attacks_every_method_in_one_run():
     assert rows["hypergan-adv"]["training"]["recipe"]["adversarial"] == "pgd"
     assert rows["binary-detector"]["training"]["detector"]["train_inputs"] == 600
     assert rows["single"]["score"] == "max_prob" and "BinaryInputDetector" in rows["binary-detector"]["score"]
+
+
+def test_head_cost_benchmark_quick_times_heads_against_one_forward():
+    d = _run("head_cost.py", "--quick", "--threads", "1")
+    rows = {r["case"]: r for r in d["rows"]}
+    assert list(rows) == ["baseline", "frozen part", "K=1", "K=3"]
+    assert [r["k"] for r in rows.values()] == [None, None, 1, 3]
+    assert rows["baseline"]["ratio_to_baseline"] == 1.0
+    assert all(r["ratio_to_baseline"] > 0 and r["seconds_per_input"] > 0 for r in rows.values())
+    assert isinstance(d["goal_met"], bool) and d["goal_met"] == d["goal"]["goal_met"]
+    assert d["goal"]["k"] == 3 and d["goal"]["issue_case"] is False  # batch 4 does not decide the goal
+    assert d["max_abs_diff_zero_offsets_vs_model"] <= 1e-4  # Δ = 0 heads are the user's model
