@@ -14,6 +14,11 @@ from .formatting import pct, pct_ci
 from .onnx_transfer import worst_transfer
 
 
+def _in_sentence(label: str) -> str:
+    """A label inside a sentence: only its first letter lowered (EOT, CE and λ keep their case)."""
+    return label[:1].lower() + label[1:]
+
+
 def _one_in(rate: float) -> str:
     return f"1 in {round(1 / rate):,}" if 0 < rate < 1 else pct(rate)
 
@@ -105,7 +110,7 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
             out["worst_transfer"] = {k: worst_tr[k] for k in ("attack", "protocol", "eps", "crafted_on",
                                                                "missed_and_wrong", "auroc")}  # fmt: skip
             lines.append(
-                f"Worst transfer attack: {PROTOCOL_LABELS[worst_tr['protocol']].lower()} "
+                f"Worst transfer attack: {_in_sentence(PROTOCOL_LABELS[worst_tr['protocol']])} "
                 f"{worst_tr['attack'].upper()} at eps {worst_tr['eps']:g} crafted on the "
                 f"{worst_tr['crafted_on']}: "
                 f"{pct(worst_tr['missed_and_wrong'])} of attacked inputs misclassified by the exported file "
@@ -119,7 +124,7 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         )
     elif worst is not None:
         lam = f", λ = {worst['params']['lam']:g}" if "lam" in worst["params"] else ""
-        label = PROTOCOL_LABELS[worst["protocol"]].lower()
+        label = _in_sentence(PROTOCOL_LABELS[worst["protocol"]])
         what = f"{label} {worst['attack'].upper()} at eps {worst['eps']:g}{lam}"
         out["worst_finding"] = {
             "attack": worst["attack"],
