@@ -212,14 +212,15 @@ def obfuscation_checks(model: dict, judge: Judge, x: torch.Tensor, y: np.ndarray
 
 # --------------------------------------------------------------------------- table
 def markdown_table(result: dict) -> str:
+    big = result["args"]["check_eps"]
     head = (
         "| method | training | clean acc | eps | robust acc | missed and wrong | AUROC (attacker's best) "
-        "| TPR at threshold | large-eps acc | Square acc |"
+        f"| TPR at threshold | APGD-CE acc at eps {big:g} | Square acc (largest eps) |"
     )
     lines = [head, "|" + " --- |" * 10]
     for r in result["rows"]:
         t = r["training"]
-        trained = f"{t.get('steps', '—')} steps, {t['seconds']:.0f} s"
+        trained = (f"{t['steps']} steps, " if "steps" in t else "") + f"{t['seconds']:.0f} s"
         for eps, e in r["eps"].items():
             b = e["attackers_best"]
             cells = [r["method"], trained, f"{100 * r['clean_accuracy']:.2f} %", eps,
