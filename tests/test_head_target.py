@@ -252,3 +252,20 @@ def test_the_example_runs():
     assert any(line.startswith("your model") for line in lines), res.stdout
     assert any(line.startswith("head HyperGAN") for line in lines), res.stdout
     assert any("refused" in line for line in lines), res.stdout
+
+
+def test_the_art_estimator_works_on_a_head_model(digits):
+    """ART's estimator wraps a head HyperGAN unchanged; an ART attack runs through the frozen part."""
+    import numpy as np
+    from art.attacks.evasion import FastGradientMethod
+
+    from hgdefend.art import HyperGANClassifier
+
+    model = digits_cnn()
+    hg = HyperGAN(HeadTarget(model, ["3"], (1, 8, 8)), **TINY)
+    clf = HyperGANClassifier(hg, members=4, clip_values=(0.0, 1.0), device_type="cpu")
+    x = digits.test.x[:16].numpy()
+    probs = clf.predict(x)
+    assert probs.shape == (16, 10) and np.all(np.isfinite(probs))
+    x_adv = FastGradientMethod(clf, eps=0.2).generate(x)
+    assert np.abs(x_adv - x).max() <= 0.2 + 1e-6 and not np.allclose(x_adv, x)
