@@ -142,8 +142,9 @@ def onnx_context(
     seed = det.seed if det.seed is not None else opts.seed
     if loaded is not None:
         hg = loaded.hypergan
-        fixed = hg.ensemble(det.k, seed=seed).to(device)
-        fresh = hg.ensemble(det.k, seed=seed + 1).to(device)
+        vr = tuple(data.value_range)
+        fixed = hg.ensemble(det.k, seed=seed, value_range=vr).to(device)
+        fresh = hg.ensemble(det.k, seed=seed + 1, value_range=vr).to(device)
         probe = data.test.x[:16]
         with torch.no_grad():
             ref = fixed.member_logits(probe.to(device)).cpu().numpy()
