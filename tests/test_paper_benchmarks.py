@@ -4,7 +4,9 @@ is wider outside the training data than inside it."""
 
 import json
 import math
+import subprocess
 
+import pytest
 import torch
 
 from hgdefend import load_data
@@ -83,3 +85,67 @@ def test_paper_weight_norms_quick_has_every_ablation_row(tmp_path):
     assert "Table 1" in table and "Table 3" in table and "99.31 %" in table
     no_mixer_paper = table.splitlines()[5]  # the paper's line under "no mixer": not in the text
     assert no_mixer_paper.count("not in the paper's text") == 5
+
+
+def test_paper_table2_quick_has_every_size_seed_and_method(tmp_path):
+    import statistics
+
+    out = tmp_path / "table2.json"
+    d = json.loads(run_benchmark("paper_table2.py", "--quick", "--threads", "1", "--out", str(out)))
+    assert d["benchmark"] == "paper_table2" and d["complete"] and d["dataset_name"] == "digits"
+    assert {"device", "device_name", "torch", "date_utc", "seconds"} <= set(d)
+    runs = d["runs"]
+    keys = {(r["dataset"], r["method"], r["seed"]) for r in runs}
+    assert keys == {(s, m, seed) for s in ("full", "300") for m in ("hypergan", "deep-ensemble", "mc-dropout")
+                    for seed in (0, 1)}  # fmt: skip
+    for r in runs:
+        assert r["training"]["steps"] == 60 and r["training"]["seconds"] >= 0
+        assert r["train_size"] == (300 if r["dataset"] == "300" else len(load_data("digits").train))
+        assert r["members"] == (10 if r["method"] == "deep-ensemble" else 100)
+        s = r["single"]
+        assert 0 <= s["min"] <= s["mean"] <= s["max"] <= 1 and s["std"] >= 0
+        assert set(r["ensembles"]) == {"1", "5", "10", "100"}
+        for n, acc in r["ensembles"].items():
+            if r["method"] == "deep-ensemble" and n == "100":
+                assert acc is None and n not in r["disjoint_groups"]
+                continue
+            assert 0 <= acc <= 1
+            g = r["disjoint_groups"][n]
+            assert g["groups"] == r["members"] // int(n) and 0 <= g["mean"] <= 1
+        # one network's "ensemble" is that network: within the single-network range
+        assert s["min"] <= r["ensembles"]["1"] <= s["max"]
+        assert math.isclose(r["disjoint_groups"]["1"]["mean"], s["mean"], abs_tol=1e-9)
+        if r["method"] == "mc-dropout":
+            assert 0 <= r["dropout_off_accuracy"] <= 1
+    assert len(d["summary"]) == 6
+    for row in d["summary"]:
+        rs = [r for r in runs if (r["dataset"], r["method"]) == (row["dataset"], row["method"])]
+        assert row["seeds"] == [0, 1] == [r["seed"] for r in rs]
+        for n, agg in row["ensembles"].items():
+            if agg is None:
+                assert row["method"] == "deep-ensemble" and n == "100"
+                continue
+            vals = [r["ensembles"][n] for r in rs]
+            assert math.isclose(agg["mean"], statistics.fmean(vals)) and agg["n"] == 2
+            assert math.isclose(agg["std"], statistics.stdev(vals))
+        singles = [r["single"]["mean"] for r in rs]
+        assert math.isclose(row["single_mean"]["mean"], statistics.fmean(singles))
+        assert math.isclose(row["single_mean"]["std"], statistics.stdev(singles))
+
+    # the table merges files (seeds run apart) and refuses a run twice; the paper's numbers are beside
+    part = tmp_path / "part.json"
+    part.write_text(json.dumps({**d, "runs": [r for r in runs if r["seed"] == 1]}))
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps({**d, "runs": [r for r in runs if r["seed"] == 0]}))
+    merged = run_benchmark("paper_table2.py", "--table", str(first), str(part))
+    assert merged == run_benchmark("paper_table2.py", "--table", str(out))
+    assert "| digits 300 (300) | deep-ensemble | 60 | 0, 1 |" in merged and "n/a" in merged
+    with pytest.raises(subprocess.CalledProcessError):
+        run_benchmark("paper_table2.py", "--table", str(out), str(part))
+    for r in d["runs"]:
+        r["dataset"] = "5000" if r["dataset"] == "300" else r["dataset"]
+    d["dataset_name"] = "mnist"
+    out.write_text(json.dumps(d))
+    table = run_benchmark("paper_table2.py", "--table", str(out))
+    assert "98.64 / 98.75 / 99.22 / 99.31 %" in table and "96.69 / 97.24 / 97.33 / 97.71 %" in table
+    assert "99.30 % (cited method)" in table and "95.58 % (cited method)" in table
