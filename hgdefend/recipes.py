@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .data import DataSplits
+from .distributed import Distributed
 from .errors import HgdefendError
 from .hypergan import HyperGAN
 from .targets import HeadTarget, Target, TargetSpec, cifar10_paper, digits_small, mnist_paper, regression_1d
@@ -120,6 +121,7 @@ def train_model(
     progress: bool = True,
     backbone: nn.Module | None = None,
     generate: Sequence[str] | None = None,
+    dist: Distributed | None = None,
 ) -> TrainedModel:
     """Build the default HyperGAN for ``data`` (:func:`default_spec`, :func:`default_recipe`) and train it.
 
@@ -133,7 +135,9 @@ def train_model(
     and at the end (its folder is created), and ``resume=True`` continues from it. ``time_budget``
     (seconds) stops training early and anneals the learning rate over it. ``adversarial`` (with
     ``adv_eps``, ``adv_steps``, ``adv_alpha``, ``trades_beta``) trains on inputs crafted against each
-    step's networks (:mod:`hgdefend.adversarial`).
+    step's networks (:mod:`hgdefend.adversarial`). ``dist`` (from
+    :func:`hgdefend.distributed.init_distributed`) trains across the ranks of a torchrun launch: the
+    same model as one process; only rank 0 shows progress and writes the checkpoint.
     """
     target = default_target(data, backbone, generate)
     hp, cfg = default_recipe(data)
@@ -158,8 +162,9 @@ def train_model(
         Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)  # the HyperGAN's initial weights
     hg = HyperGAN(target, regulariser=regulariser, beta=beta, mixer=mixer, **hp)
-    result = Trainer(hg, data.train, cfg, val=data.calib, device=device, progress=progress,
-                     checkpoint=checkpoint).fit(resume=resume)  # fmt: skip
+    result = Trainer(hg, data.train, cfg, val=data.calib, device=device,
+                     progress=progress and (dist is None or dist.is_main),
+                     checkpoint=checkpoint, dist=dist).fit(resume=resume)  # fmt: skip
     recipe = {**hp, "regulariser": regulariser, "beta": beta, "mixer": mixer,
               **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}}  # fmt: skip
     training = {

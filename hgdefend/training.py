@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .adversarial import adversarial_loss, check_adversarial
 from .data import Split
+from .distributed import Distributed
 from .diversity import check_diversity, diversity_loss
 from .ensemble import SampledEnsemble
 from .hypergan import HyperGAN, make_generator
@@ -269,6 +270,7 @@ class Trainer:
         device: str | torch.device | None = None,
         progress: bool = True,
         checkpoint: str | Path | None = None,
+        dist: Distributed | None = None,
     ) -> None:
         self.cfg = config or TrainConfig()
         self.device = resolve_device(device)
@@ -287,6 +289,10 @@ class Trainer:
         self.val = val
         self.progress = progress
         self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.dist = dist  # torchrun: this rank's members or batch shard, gradients averaged (distributed.py)
+        if dist is not None:
+            dist.check_config(self.cfg, len(train))
+            dist.broadcast_module(self.hg)
         cfg = self.cfg
         groups = [{"params": self.hg.generator_parameters(), "lr": cfg.lr}]
         if self.hg.mixer is not None:
@@ -310,9 +316,11 @@ class Trainer:
         cfg, hg = self.cfg, self.hg
         hg.train()
         codes = hg.codes(hg.sample_noise(cfg.nets_per_step, g))
-        params = hg.weights(codes)
+        params = hg.weights(codes if self.dist is None else self.dist.members(codes))
         idx = torch.randint(len(self.x), (min(cfg.batch_size, len(self.x)),), generator=g)
         idx = idx.to(self.device)
+        if self.dist is not None:
+            idx = self.dist.batch(idx)
         xb, yb = self.x[idx], self.y[idx]
         loss, logits, logs = step_loss(
             lambda p, x: hg.target.forward(p, x, strategy=cfg.strategy), params, xb, yb, self.task, cfg, g
@@ -326,11 +334,15 @@ class Trainer:
             logs["diversity"] = float(div.detach())
         self.opt_g.zero_grad(set_to_none=True)
         total.backward()
+        if self.dist is not None:
+            self.dist.average_gradients(self.opt_g)
         self.opt_g.step()
         if hg.discriminator is not None:
             d_loss = hg.discriminator_loss(codes, g)
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
+            if self.dist is not None:
+                self.dist.average_gradients(self.opt_d)
             self.opt_d.step()
             logs["d_loss"] = float(d_loss.detach())
         for s in self.schedulers.values():
@@ -380,6 +392,8 @@ class Trainer:
             )  # fmt: skip
 
         loop = _Loop(self.cfg, self.progress, "train hypergan", list(self.optimizers.values()), seconds)
+        if self.checkpoint and self.dist is not None:
+            ckpt = self.dist.once("writing the checkpoint", ckpt)  # rank 0 writes, after a barrier
         step, secs = loop.run(start, self._step, self._eval, ckpt if self.checkpoint else None,
                               history)  # fmt: skip
         self.hg.eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -11,12 +12,16 @@ from .common import (
     CLIError,
     backbone_options,
     common_options,
+    default_threads,
     echo,
     friendly_errors,
     get_backbone,
     set_threads,
     trust_data_root_option,
 )
+
+DIST_SPLITS = ("members", "batch")
+"""hgdefend.distributed.SPLITS (repeated: --help does not import torch)."""
 
 OUTPUTS = ("model.safetensors", "checkpoint.safetensors", "train_log.json")
 """The files ``train`` writes into ``--out``."""
@@ -96,29 +101,51 @@ OUTPUTS = ("model.safetensors", "checkpoint.safetensors", "train_log.json")
     "anneals over the budget.",
 )
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.safetensors.")
+@click.option(
+    "--dist-split",
+    type=click.Choice(DIST_SPLITS),
+    default=None,
+    help="Under torchrun: give each rank a share of every step's networks (members, the default) or of "
+    "its minibatch (batch); the same model as one process either way.",
+)
+@click.option(
+    "--dist-timeout",
+    type=float,
+    default=None,
+    help="Under torchrun: seconds a rank waits for the others before the run fails [default: 300].",
+)
 @backbone_options(generate=True)
 @common_options
 @friendly_errors
 def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, steps, nets_per_step,
           batch_size, lr, regulariser, beta, diversity, diversity_weight, adversarial, adv_eps,
           adv_steps, adv_alpha, trades_beta, noise_dim, code_dim, hidden,
-          no_mixer, eval_every, checkpoint_every, time_budget, resume, backbone, backbone_weights,
-          generate, seed, device, threads, quiet) -> None:  # fmt: skip
+          no_mixer, eval_every, checkpoint_every, time_budget, resume, dist_split, dist_timeout, backbone,
+          backbone_weights, generate, seed, device, threads, quiet) -> None:  # fmt: skip
     """Train a HyperGAN on DATASET and save OUT/model.safetensors.
 
     With --backbone and --generate, the HyperGAN generates only the named head of your pretrained
     model, as offsets around its weights; the rest stays frozen, and the model file records the
     SHA-256 of those weights (loading it needs the same --backbone and --backbone-weights).
+
+    Started by torchrun (torchrun --nproc-per-node N -m hgdefend.cli train ...), the N processes
+    train one HyperGAN together (hgdefend.distributed) and rank 0 writes the files.
     """
     from ..data import load_data
+    from ..distributed import init_distributed, launched
     from ..fileio import FolderLock, atomic_write, check_output
     from ..io import save_model
     from ..recipes import train_model
     from ..training import resolve_device
 
+    if not launched() and (dist_split is not None or dist_timeout is not None):
+        raise CLIError("--dist-split/--dist-timeout: only for a run started by torchrun")
+    dist = init_distributed(device=device, timeout_s=dist_timeout, split=dist_split or "members")
+    if dist is not None and threads is None:  # the ranks on one machine share its cores
+        threads = max(1, default_threads() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     set_threads(threads)
     names = _generate_names(generate, backbone)
-    dev = resolve_device(device)
+    dev = dist.device if dist is not None else resolve_device(device)
     out = check_output(out_dir, name="--out")
     for name in OUTPUTS:  # before training: a link planted at a name we write is refused now
         check_output(out / name, refuse=[dataset], name="--out")
@@ -129,7 +156,8 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
                      trust_data_root=trust_data_root)  # fmt: skip
     module = get_backbone(backbone, backbone_weights)
     with FolderLock(out, "--out") as lock:
-        lock.acquire()  # a second run into the same folder is refused before it trains
+        if dist is None or dist.is_main:  # under torchrun rank 0 writes the files
+            lock.acquire()  # a second run into the same folder is refused before it trains
         trained = train_model(data, seed=seed, device=dev, steps=steps, nets_per_step=nets_per_step,
                               batch_size=batch_size, lr=lr, regulariser=regulariser, beta=beta,
                               diversity=diversity,
@@ -140,13 +168,19 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
                               noise_dim=noise_dim, code_dim=code_dim, hidden=hidden, mixer=not no_mixer,
                               eval_every=eval_every, checkpoint_every=checkpoint_every,
                               time_budget=time_budget, checkpoint=ckpt, resume=resume,
-                              progress=not quiet, backbone=module, generate=names)  # fmt: skip
+                              progress=not quiet, backbone=module, generate=names, dist=dist)  # fmt: skip
+        if dist is not None:
+            dist.barrier("the barrier before writing the model")
+            if not dist.is_main:
+                dist.close()
+                return
         result = trained.result
         sha = save_model(out / "model.safetensors", trained.hypergan, dataset=data.describe(),
                          training=trained.file_record)  # fmt: skip
         atomic_write(out / "train_log.json", json.dumps(
             {"history": result.history, "mixer_pretrain": result.mixer_pretrain, "sha256": sha,
-             "seconds": round(result.seconds, 2)},
+             "seconds": round(result.seconds, 2),
+             **({"distributed": dist.describe()} if dist is not None else {})},
             indent=2))  # fmt: skip
         if not quiet:
             acc = trained.training["final"].get("ensemble_acc")
@@ -154,6 +188,8 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
                        f"steps, {result.seconds:.1f} s"
                        + (f"; calibration accuracy of a 10-network ensemble {100 * acc:.2f} %"
                           if acc is not None else ""))  # fmt: skip
+    if dist is not None:
+        dist.close()
 
 
 def _generate_names(generate: str | None, backbone: str | None) -> list[str] | None:
