@@ -95,6 +95,12 @@ from .common import (
     "--attack-inputs", type=int, default=None, help="Test inputs attacked [default: 100; 200 with --attacks]."
 )
 @click.option("--attack-steps", type=int, default=None, help="Attack steps [default: 20; 40 with --attacks].")
+@click.option(
+    "--plots",
+    default=None,
+    help="Comma list of extra pictures (the paper's appendix): filters (one first-layer filter of 25 "
+    "sampled networks), entropy-images (the highest-entropy test images, the lowest-entropy OOD images).",
+)
 @click.option("--members", type=int, default=100, show_default=True, help="Ensemble size K.")
 @click.option("--train-steps", type=int, default=None, help="Steps when training (no --model).")
 @click.option(
@@ -134,6 +140,7 @@ def evaluate(
     baselines,
     attack_inputs,
     attack_steps,
+    plots,
     members,
     train_steps,
     time_budget,
@@ -183,6 +190,7 @@ def evaluate(
         baselines=baselines,
         attack_inputs=attack_inputs,
         attack_steps=attack_steps,
+        plots=plots,
         model=model,
         onnx=onnx_path,
         out=out,

@@ -15,6 +15,11 @@ from typing import Any
 from ..errors import HgdefendError
 from ..vocab import ATTACK_NAMES, BASELINE_NAMES, DEFAULT_SUITE_ATTACKS, PROTOCOL_NAMES
 
+PLOT_NAMES = ("filters", "entropy-images")
+"""Extra pictures ``evaluate --plots`` draws (the paper's appendix): ``filters``, the same first-layer
+filter of 25 sampled networks (A.1); ``entropy-images``, the in-distribution test images with the
+highest entropy and the OOD images with the lowest (A.2)."""
+
 
 def parse_names(text: str | list | tuple | None, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
     """'fgsm,pgd' or ['fgsm'] → a tuple of known names (order kept, duplicates dropped)."""
@@ -199,6 +204,7 @@ class EvaluateOptions:
     bank_size: int | None = None
     baseline_steps: int | None = None
     attack_bootstrap: int | None = None
+    plots: str | tuple[str, ...] | None = None  # PLOT_NAMES: the appendix pictures to draw
     quiet: bool = False
     progress: bool | None = None  # None: only when not quiet and stderr is a terminal
 
@@ -271,7 +277,7 @@ class EvaluateOptions:
                     "baselines: not available with onnx (an exported file is scored against transfer "
                     "attacks from its source model; evaluate the model file to compare baselines)"
                 )
-        return replace(self)
+        return replace(self, plots=parse_names(self.plots, PLOT_NAMES, "plots"))
 
 
 def resolve_in_classes(

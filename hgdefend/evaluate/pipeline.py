@@ -48,6 +48,7 @@ from .onnx_detection import onnx_detection_section, render_onnx_detection
 from .onnx_source import onnx_context
 from .onnx_transfer import render_transfer, transfer_section
 from .options import EvaluateOptions, resolve_in_classes
+from .plots import pictures_section, render_pictures
 from .progress import progress_enabled
 from .provenance import data_section, model_section, render_data, render_model, render_training
 from .render import render_html, render_markdown
@@ -81,6 +82,12 @@ SECTIONS: tuple[Section, ...] = (
         "Detection (threshold at a target FPR; OOD)",
         lambda ctx, _: onnx_detection_section(ctx) if ctx.onnx is not None else detection_section(ctx),
         lambda sec: render_onnx_detection(sec) if sec.get("source") == "onnx" else render_detection(sec),
+    ),
+    Section(
+        "pictures",
+        "Pictures (the paper's appendix A.1-A.2)",
+        lambda ctx, _: pictures_section(ctx),
+        render_pictures,
     ),
     Section(
         "attacks",

@@ -1,5 +1,7 @@
 """PNG plots for the report: ROC and DET curves with the operating point, score ECDFs and
-histograms, reliability diagrams, attack success per method.
+histograms, reliability diagrams, attack success per method, and the paper's appendix pictures
+(``evaluate --plots filters,entropy-images``: one first-layer filter from 25 sampled networks; the
+highest-entropy test images and the lowest-entropy OOD images).
 
 Everything takes *named score groups* (``{"clean test": s0, "OOD": s1, "PGD eps=0.3": s2, ...}``)
 so any caller — the OOD section, the attacks section — can add its own groups. The first group,
@@ -9,13 +11,18 @@ matplotlib's Agg backend (no display needed) and closes every figure it opens.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..validation import HgdefendError
+
+if TYPE_CHECKING:
+    from .context import EvalContext
 
 
 def _pyplot():
@@ -254,3 +261,178 @@ def _save(fig, path: str | os.PathLike) -> Path:
     finally:
         plt.close(fig)
     return p
+
+
+# --------------------------------------------------------------------------- appendix pictures
+PICTURE_NETWORKS = 25
+"""Sampled networks whose first-layer filter ``--plots filters`` draws (the paper's 5×5 grid, A.1)."""
+PICTURE_IMAGES = 16
+"""Images per grid of ``--plots entropy-images`` (the paper's A.2)."""
+FILTERS_PLOT = "appendix_filters.png"
+
+
+def first_layer_filters(ensemble: Any, n: int = PICTURE_NETWORKS, index: int = 0) -> tuple[np.ndarray, dict]:
+    """The same first-layer filter (output unit ``index``) of the first ``n`` networks of a sampled
+    ensemble, shaped for drawing, and what it is.
+
+    A convolution gives ``[n, C_in, kh, kw]``; a linear layer's weight row is reshaped to the input
+    image when its length is the input's size (an MLP on images), else drawn as a ``[n, 1, 1, D]`` strip.
+    """
+    groups = list(ensemble.target.param_groups)
+    if not groups:
+        raise HgdefendError("plots: the target has no generated layer to draw a filter of")
+    g = groups[0]
+    pname = "weight" if "weight" in g.shapes else next(iter(g.shapes))
+    key = f"{g.name}.{pname}" if g.name else pname
+    w = ensemble.params[key].detach().float().cpu().numpy()  # [K, out, ...]
+    n = min(n, w.shape[0])
+    if not 0 <= index < w.shape[1]:
+        raise HgdefendError(f"plots: filter index {index} out of range for {w.shape[1]} units")
+    f = w[:n, index]
+    shape = tuple(int(v) for v in getattr(ensemble.target, "input_shape", ()) or ())
+    if f.ndim == 4:  # [n, C_in, kh, kw]
+        kind = "convolution filter"
+    elif f.ndim == 2 and len(shape) in (2, 3) and math.prod(shape) == f.shape[1]:
+        f = f.reshape(n, *((1, *shape) if len(shape) == 2 else shape))
+        kind = "linear weight row, reshaped to the input image"
+    else:
+        f = f.reshape(n, 1, 1, -1)
+        kind = "weight row (drawn as a strip)"
+    info = {"param": key, "filter_index": index, "networks": n, "shape": list(f.shape[1:]), "kind": kind}
+    return f, info
+
+
+def _display(img: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, dict]:
+    """[C, H, W] -> what imshow takes: RGB [H, W, 3] in [0, 1], or [H, W] with a grey colour map."""
+    scaled = np.clip((img - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+    if img.shape[0] == 3:
+        return scaled.transpose(1, 2, 0), {}
+    return scaled[0], {"cmap": "gray", "vmin": 0.0, "vmax": 1.0}
+
+
+def plot_filters(filters: np.ndarray, path: str | os.PathLike, *, title: str) -> Path:
+    """A grid (5×5 for 25) of filters ``[n, C, h, w]`` on ONE shared colour scale, so differences in
+    magnitude between networks show as well as differences in pattern."""
+    f = np.asarray(filters, dtype=np.float64)
+    if f.ndim != 4 or f.shape[0] == 0 or not np.all(np.isfinite(f)):
+        raise HgdefendError(f"filters: expected finite [n, C, h, w] weights, got shape {f.shape}")
+    if f.shape[1] not in (1, 3):  # many input channels: draw the first one
+        f = f[:, :1]
+    m = float(np.abs(f).max()) or 1.0
+    plt = _pyplot()
+    side = math.ceil(math.sqrt(f.shape[0]))
+    fig, axes = plt.subplots(side, side, figsize=(1.3 * side, 1.3 * side + 0.5), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < f.shape[0]:
+            img, kw = _display(f[i], -m, m)
+            ax.imshow(img, interpolation="nearest", **kw)
+            ax.set_title(f"net {i}", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_image_grid(
+    images: np.ndarray,
+    titles: Sequence[str],
+    path: str | os.PathLike,
+    *,
+    title: str,
+    value_range: tuple[float, float] = (0.0, 1.0),
+) -> Path:
+    """Images ``[n, C, H, W]`` (C = 1 or 3; else the first channel) in a square grid, one title each."""
+    x = np.asarray(images, dtype=np.float64)
+    if x.ndim != 4 or x.shape[0] == 0 or len(titles) != x.shape[0]:
+        raise HgdefendError(f"images: expected [n, C, H, W] with n titles, got {x.shape} and {len(titles)}")
+    if x.shape[1] not in (1, 3):
+        x = x[:, :1]
+    plt = _pyplot()
+    side = math.ceil(math.sqrt(x.shape[0]))
+    fig, axes = plt.subplots(side, side, figsize=(1.5 * side, 1.6 * side + 0.5), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < x.shape[0]:
+            img, kw = _display(x[i], *value_range)
+            ax.imshow(img, interpolation="nearest", **kw)
+            ax.set_title(titles[i], fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def _entropy_pick(ctx: EvalContext, split: str, data_split: Any, highest: bool, label: str,
+                  file_name: str, class_names: Sequence[int] | None) -> dict:  # fmt: skip
+    """The images of one split with the highest (or lowest) predictive entropy, drawn and recorded."""
+    h = ctx.scored.scores(ctx.primary, split)["entropy"]
+    order = np.argsort(-h if highest else h, kind="stable")[:PICTURE_IMAGES]
+    x = data_split.x[order].cpu().numpy()
+    y = data_split.y[order].cpu().numpy()
+    names = [int(class_names[v]) if class_names else int(v) for v in y]
+    titles = [f"H={h[i]:.3f}\nclass {c}" for i, c in zip(order, names, strict=True)]
+    which = "highest" if highest else "lowest"
+    plot = plot_image_grid(x, titles, ctx.out_dir / file_name, value_range=tuple(ctx.data.value_range),
+                           title=f"{label}: the {len(order)} with the {which} entropy")  # fmt: skip
+    return {
+        "split": label,
+        "order": f"{which} entropy",
+        "indices": [int(i) for i in order],
+        "entropy": [float(h[i]) for i in order],
+        "classes": names,
+        "of": int(h.size),
+        "plot": plot.name,
+    }
+
+
+def pictures_section(ctx: EvalContext) -> dict[str, Any] | None:
+    """``--plots``: the paper's appendix pictures (A.1 filters, A.2 entropy extremes), or None."""
+    asked = tuple(ctx.options.plots or ())
+    if not asked:
+        return None
+    sec: dict[str, Any] = {"asked": list(asked), "notes": []}
+    if "filters" in asked:
+        if ctx.ensemble is None:
+            sec["notes"].append("filters: no sampled networks (an exported file without its source model).")
+        else:
+            f, info = first_layer_filters(ctx.ensemble)
+            info["plot"] = plot_filters(
+                f, ctx.out_dir / FILTERS_PLOT,
+                title=f"{info['param']} unit {info['filter_index']} of {info['networks']} sampled networks",
+            ).name  # fmt: skip
+            info["seed"] = ctx.ensemble.seed
+            sec["filters"] = info
+    if "entropy-images" in asked:
+        if ctx.data.task != "classification" or len(ctx.data.input_shape) != 3:
+            sec["notes"].append("entropy-images: needs a classifier of [C, H, W] images.")
+        else:
+            groups = [_entropy_pick(ctx, "test", ctx.data.test, True, "in-distribution test",
+                                    "appendix_test_highest_entropy.png", ctx.data.classes)]  # fmt: skip
+            for i, (name, split) in enumerate(ctx.ood_sets):
+                groups.append(_entropy_pick(ctx, f"ood{i}", split, False, f"OOD: {name}",
+                                            f"appendix_ood{i}_lowest_entropy.png", None))  # fmt: skip
+            if not ctx.ood_sets:
+                sec["notes"].append("entropy-images: no OOD set, so only the in-distribution test images.")
+            sec["entropy_images"] = groups
+    return sec
+
+
+def render_pictures(sec: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    f = sec.get("filters")
+    if f:
+        lines += [
+            f"The same first-layer filter ({f['kind']} `{f['param']}`, unit {f['filter_index']}, shape "
+            f"{f['shape']}) of {f['networks']} sampled networks (seed {f['seed']}), on one colour scale "
+            "(the paper's appendix A.1):",
+            "",
+            f"![first-layer filter of {f['networks']} sampled networks]({f['plot']})",
+            "",
+        ]
+    for g in sec.get("entropy_images") or []:
+        lines += [
+            f"{g['split']}: the {len(g['indices'])} of {g['of']:,} inputs with the {g['order']} (the "
+            "paper's appendix A.2; titles give the entropy and the class):",
+            "",
+            f"![{g['split']}, {g['order']}]({g['plot']})",
+            "",
+        ]
+    lines += [f"- {n}" for n in sec.get("notes", [])]
+    return lines
