@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import rng
 from .errors import HgdefendError
 from .probabilities import log_mean_probs
 from .targets import Params
@@ -59,7 +60,7 @@ def _project(x_adv: Tensor, x: Tensor, eps: float, value_range: tuple[float, flo
 
 
 def _uniform(x: Tensor, eps: float, g: torch.Generator) -> Tensor:
-    return (torch.rand(x.shape, generator=g).to(x.device) * 2 - 1) * eps
+    return (rng.rand(x.shape, g, x.device) * 2 - 1) * eps
 
 
 def craft(
@@ -74,14 +75,18 @@ def craft(
     alpha: float | None,
     generator: torch.Generator,
     value_range: tuple[float, float] = (0.0, 1.0),
+    clean_logits: Tensor | None = None,
 ) -> Tensor:
-    """Adversarial inputs against the networks ``params`` (detached here), one per input in ``x``."""
+    """Adversarial inputs against the networks ``params`` (detached here), one per input in ``x``.
+    ``clean_logits``: TRADES' member logits on ``x`` when the caller has them (computed otherwise)."""
     frozen = {n: t.detach() for n, t in params.items()}
     x = x.detach()
     if method == "trades":
-        with torch.no_grad():
-            clean = torch.log_softmax(forward(frozen, x), -1)
-        start = x + 0.001 * torch.randn(x.shape, generator=generator).to(x.device)
+        if clean_logits is None:
+            with torch.no_grad():
+                clean_logits = forward(frozen, x)
+        clean = torch.log_softmax(clean_logits.detach(), -1)
+        start = x + 0.001 * rng.randn(x.shape, generator, x.device)
     else:
         start = x + _uniform(x, eps, generator)
     if method == "fgsm":
@@ -113,19 +118,21 @@ def adversarial_loss(
     alpha: float | None,
     trades_beta: float,
     generator: torch.Generator,
-) -> tuple[Tensor, Tensor, dict[str, float]]:
-    """(training loss, member logits the loss was computed on, logs) for one adversarial step."""
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """(training loss, member logits the loss was computed on, logs) for one adversarial step.
+    The logs are detached tensors (read them every few steps: reading one waits for the GPU)."""
+    # TRADES' clean logits serve twice: the attack's target distribution and the loss's clean term
+    clean_logits = forward(params, x) if method == "trades" else None
     x_adv = craft(forward, params, x, y, method=method, eps=eps, steps=steps, alpha=alpha,
-                  generator=generator)  # fmt: skip
+                  generator=generator, clean_logits=clean_logits)  # fmt: skip
     adv_logits = forward(params, x_adv)
     k, b, c = adv_logits.shape
-    if method != "trades":
+    if clean_logits is None:
         loss = F.cross_entropy(adv_logits.reshape(k * b, c), y.repeat(k))
-        return loss, adv_logits, {"adv_loss": float(loss.detach())}
-    clean_logits = forward(params, x)
+        return loss, adv_logits, {"adv_loss": loss.detach()}
     ce = F.cross_entropy(clean_logits.reshape(k * b, c), y.repeat(k))
     kl = F.kl_div(torch.log_softmax(adv_logits, -1).reshape(k * b, c),
                   torch.log_softmax(clean_logits, -1).reshape(k * b, c),
                   reduction="batchmean", log_target=True)  # fmt: skip
-    logs = {"adv_kl": float(kl.detach()), "clean_loss": float(ce.detach())}
+    logs = {"adv_kl": kl.detach(), "clean_loss": ce.detach()}
     return ce + trades_beta * kl, clean_logits, logs

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import rng
 from .detectors.scores import mutual_information
 from .errors import HgdefendError
 from .targets import Params, Target
@@ -80,10 +81,10 @@ def off_data_inputs(
     b = x.shape[0]
     flat = x.detach().flatten(1)
     n1, n2 = b // 3, 2 * b // 3
-    perm = torch.randperm(b, generator=generator).to(x.device)
-    lam = (torch.rand(b, 1, generator=generator) * 0.4 + 0.3).to(x.device)
-    noise = torch.randn(flat.shape, generator=generator).to(x.device) * 0.5
-    pix = torch.argsort(torch.rand(flat.shape, generator=generator), dim=1).to(x.device)
+    perm = rng.to_device(torch.randperm(b, generator=generator), x.device)
+    lam = rng.rand((b, 1), generator, x.device) * 0.4 + 0.3
+    noise = rng.randn(flat.shape, generator, x.device) * 0.5
+    pix = rng.to_device(torch.argsort(torch.rand(flat.shape, generator=generator), dim=1), x.device)
     mixed = lam * flat + (1 - lam) * flat[perm]
     noised = flat + noise
     shuffled = torch.gather(flat, 1, pix)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import rng
 from .resources import check_memory
 from .targets import Params, Target, activation_bytes, param_key
 from .vocab import REGULARISERS
@@ -163,7 +164,7 @@ class HyperGAN(nn.Module):
         if int(k) < 1:
             raise ValueError(f"k: ensemble size must be >= 1, got {k}")
         self.check_memory(k, f"k: {int(k)} networks")
-        return torch.randn(int(k), self.noise_dim, generator=generator).to(self.device)
+        return rng.randn((int(k), self.noise_dim), generator, self.device)
 
     def codes(self, noise: Tensor) -> Tensor:
         """Per-layer latent codes ``[K, N_layers, code_dim]``."""
@@ -219,7 +220,7 @@ class HyperGAN(nn.Module):
     # ------------------------------------------------------------------ regularisers
     def prior_like(self, codes: Tensor, generator: torch.Generator | None = None) -> Tensor:
         flat = codes.reshape(-1, self.code_dim)
-        return torch.randn(flat.shape, generator=generator).to(flat.device)
+        return rng.randn(flat.shape, generator, flat.device)
 
     def regulariser_loss(self, codes: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The mixer's penalty for codes that do not look like the N(0, I) prior."""

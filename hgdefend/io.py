@@ -279,7 +279,14 @@ def load_checkpoint(
             if key.startswith(prefix):
                 pid, skey = key[len(prefix) :].split("/", 1)
                 state.setdefault(int(pid), {})[skey] = value if skey == "step" else value.to(device)
-        opt.load_state_dict({"state": state, "param_groups": config["optimizers"][oname]})
+        # how this run's optimizer computes (fused, foreach, ...) stays this run's: a checkpoint
+        # written on a GPU resumes on a CPU and the other way round
+        current = opt.state_dict()["param_groups"]
+        groups = [
+            {**saved, **{k: g[k] for k in IMPLEMENTATION_KEYS if k in g}}
+            for saved, g in zip(config["optimizers"][oname], current, strict=True)
+        ]
+        opt.load_state_dict({"state": state, "param_groups": groups})
     for sname, sched in (schedulers or {}).items():
         sched.load_state_dict(config["schedulers"][sname])
     return config["state"]
@@ -305,7 +312,7 @@ def _check_optimizer_state(
                 f"{where}: optimizer {oname!r} has {len(saved)} param groups, expected {len(current)}"
             )
         for i, (old, new) in enumerate(zip(saved, current, strict=True)):
-            fixed = {k: v for k, v in new.items() if k != "lr"}
+            fixed = {k: v for k, v in new.items() if k != "lr" and k not in IMPLEMENTATION_KEYS}
             if set(old) != set(new) or any(_jsonish(old[k]) != _jsonish(v) for k, v in fixed.items()):
                 raise ModelFileError(
                     f"{where} was written with another training config (optimizer {oname!r} "
@@ -323,6 +330,10 @@ def _check_optimizer_state(
     for key, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ModelFileError(f"{where}: tensor {key!r} holds NaN or infinite values")
+
+
+IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
+"""Optimizer options that change how an update is computed on a device, not what it computes."""
 
 
 def _jsonish(value: Any) -> Any:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import rng
 from .adversarial import adversarial_loss, check_adversarial
 from .data import Split
 from .distributed import Distributed
@@ -132,18 +133,19 @@ def step_loss(
     task: str,
     cfg: TrainConfig,
     g: torch.Generator,
-) -> tuple[Tensor, Tensor, dict[str, float]]:
-    """(task loss, member logits, logs) of one step: on the batch, or adversarial (``cfg.adversarial``)."""
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """(task loss, member logits, logs) of one step: on the batch, or adversarial (``cfg.adversarial``).
+    The logs are detached tensors: :class:`_Loop` reads them every few steps, not every step."""
     if cfg.adversarial == "none":
         logits = forward(params, x)
         loss = task_loss(logits, y, task)
-        return loss, logits, {"loss": float(loss.detach())}
+        return loss, logits, {"loss": loss.detach()}
     if task != "classification":
         raise HgdefendError(f"adversarial: {cfg.adversarial!r} needs a classification target")
     loss, logits, logs = adversarial_loss(forward, params, x, y, method=cfg.adversarial, eps=cfg.adv_eps,
                                           steps=cfg.adv_steps, alpha=cfg.adv_alpha,
                                           trades_beta=cfg.trades_beta, generator=g)  # fmt: skip
-    return loss, logits, {"loss": float(loss.detach()), **logs}
+    return loss, logits, {"loss": loss.detach(), **logs}
 
 
 @torch.no_grad()
@@ -158,6 +160,27 @@ def quick_eval(ens: SampledEnsemble, split: Split, task: str) -> dict[str, float
     ens_acc = (predict(logits) == y).float().mean()
     return {"member_acc_mean": float(member_acc.mean()), "member_acc_min": float(member_acc.min()),
             "ensemble_acc": float(ens_acc)}  # fmt: skip
+
+
+LOG_EVERY = 10
+"""Steps between reads of the losses for the progress bar (each read waits for the GPU)."""
+
+
+def _floats(logs: dict[str, Tensor]) -> dict[str, float]:
+    """The logged losses as numbers, read in one transfer (one host synchronisation)."""
+    if not logs:
+        return {}
+    device = next((v.device for v in logs.values() if isinstance(v, Tensor)), torch.device("cpu"))
+    values = torch.stack(
+        [torch.as_tensor(v).detach().to(device, torch.float32).reshape(()) for v in logs.values()]
+    )
+    return dict(zip(logs, values.tolist(), strict=True))
+
+
+def _fused(device: torch.device) -> bool | None:
+    """Fused Adam on CUDA (one kernel per update instead of several per parameter group); torch's
+    default elsewhere. Checkpoints do not record it (:data:`hgdefend.io.IMPLEMENTATION_KEYS`)."""
+    return True if device.type == "cuda" else None
 
 
 def _clock() -> float:
@@ -193,7 +216,7 @@ class _Loop:
     def run(
         self,
         start: int,
-        step_fn: Callable[[int, torch.Generator], dict[str, float]],
+        step_fn: Callable[[int, torch.Generator], dict[str, Tensor]],
         eval_fn: Callable[[], dict[str, float]] | None,
         checkpoint_fn: Callable[[int, list, float], None] | None,
         history: list[dict[str, float]],
@@ -225,12 +248,12 @@ class _Loop:
                         step, start, now - self.elapsed_before, budget - now, cfg.steps
                     )
                 bar.update(1)
-                if step % 10 == 0:
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()})
+                if step % LOG_EVERY == 0 and not bar.disable:  # reading the losses waits for the GPU
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in _floats(logs).items()})
                 out_of_time = budget is not None and now >= budget
                 last = step >= cfg.steps or out_of_time
                 if eval_fn and (last or (cfg.eval_every and step % cfg.eval_every == 0)):
-                    history.append({"step": step, "seconds": now, **logs, **eval_fn()})
+                    history.append({"step": step, "seconds": now, **_floats(logs), **eval_fn()})
                 if checkpoint_fn and (last or (cfg.checkpoint_every
                                                and step % cfg.checkpoint_every == 0)):  # fmt: skip
                     checkpoint_fn(step, history, now)
@@ -297,28 +320,24 @@ class Trainer:
         groups = [{"params": self.hg.generator_parameters(), "lr": cfg.lr}]
         if self.hg.mixer is not None:
             groups.append({"params": list(self.hg.mixer.parameters()), "lr": cfg.lr_mixer})
-        self.opt_g = torch.optim.Adam(
-            groups,
-            betas=cfg.betas,
-            weight_decay=cfg.weight_decay,
-        )
+        fused = _fused(self.device)
+        self.opt_g = torch.optim.Adam(groups, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused)
         self.optimizers = {"generator": self.opt_g}
         self.schedulers = {"generator": _schedule(self.opt_g, cfg)}
         if self.hg.discriminator is not None:
             self.opt_d = torch.optim.Adam(
                 self.hg.discriminator.parameters(), lr=cfg.lr_discriminator, betas=cfg.betas,
-                weight_decay=cfg.weight_decay,
+                weight_decay=cfg.weight_decay, fused=fused,
             )  # fmt: skip
             self.optimizers["discriminator"] = self.opt_d
             self.schedulers["discriminator"] = _schedule(self.opt_d, cfg)
 
-    def _step(self, step: int, g: torch.Generator) -> dict[str, float]:
+    def _step(self, step: int, g: torch.Generator) -> dict[str, Tensor]:
         cfg, hg = self.cfg, self.hg
         hg.train()
         codes = hg.codes(hg.sample_noise(cfg.nets_per_step, g))
         params = hg.weights(codes if self.dist is None else self.dist.members(codes))
-        idx = torch.randint(len(self.x), (min(cfg.batch_size, len(self.x)),), generator=g)
-        idx = idx.to(self.device)
+        idx = rng.randint(len(self.x), min(cfg.batch_size, len(self.x)), g, self.device)
         if self.dist is not None:
             idx = self.dist.batch(idx)
         xb, yb = self.x[idx], self.y[idx]
@@ -327,11 +346,11 @@ class Trainer:
         )
         reg = hg.regulariser_loss(codes, g)
         total = loss + hg.beta * reg
-        logs["reg"] = float(reg.detach())
+        logs["reg"] = reg.detach()
         if cfg.diversity != "none":
             div = diversity_loss(cfg.diversity, hg.target, params, xb, yb, logits, g, strategy=cfg.strategy)
             total = total + cfg.diversity_weight * div
-            logs["diversity"] = float(div.detach())
+            logs["diversity"] = div.detach()
         self.opt_g.zero_grad(set_to_none=True)
         total.backward()
         if self.dist is not None:
@@ -344,7 +363,7 @@ class Trainer:
             if self.dist is not None:
                 self.dist.average_gradients(self.opt_d)
             self.opt_d.step()
-            logs["d_loss"] = float(d_loss.detach())
+            logs["d_loss"] = d_loss.detach()
         for s in self.schedulers.values():
             s.step()
         return logs
@@ -436,12 +455,12 @@ def train_members(
     seed = cfg.seed if init_seed is None else init_seed
     params = {n: t.to(dev).requires_grad_(True)
               for n, t in target.init_params(k, make_generator(seed)).items()}  # fmt: skip
-    opt = torch.optim.Adam(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=_fused(dev))
     sched = _schedule(opt, cfg)
     x, y = train.x.to(dev), train.y.to(dev)
 
-    def step_fn(step: int, g: torch.Generator) -> dict[str, float]:
-        idx = torch.randint(len(x), (min(cfg.batch_size, len(x)),), generator=g).to(dev)
+    def step_fn(step: int, g: torch.Generator) -> dict[str, Tensor]:
+        idx = rng.randint(len(x), min(cfg.batch_size, len(x)), g, dev)
         loss, _, logs = step_loss(
             lambda p, xb: target.forward(p, xb, dropout=dropout, strategy=cfg.strategy),
             params, x[idx], y[idx], target.task, cfg, g,

@@ -48,6 +48,36 @@ def test_resume_from_interrupted_run_matches(tmp_path, digits):
         assert torch.allclose(a, b, atol=1e-6), n
 
 
+def test_a_checkpoint_from_fused_adam_resumes_unfused_and_matches(tmp_path, digits, monkeypatch):
+    """GPU runs use fused Adam (training._fused); the checkpoint resumes on a CPU with torch's default
+    optimizer, continuing the same run, and the resumed optimizer keeps its own implementation."""
+    cfg = dict(steps=6, nets_per_step=4, batch_size=32, pretrain_max_steps=5, checkpoint_every=3)
+    full = _small()
+    Trainer(full, digits.train, TrainConfig(**cfg), progress=False, device="cpu").fit()
+    ckpt = tmp_path / "c.safetensors"
+    monkeypatch.setattr(training, "_fused", lambda device: True)  # as on a GPU
+    t = Trainer(_small(), digits.train, TrainConfig(**cfg), progress=False, device="cpu", checkpoint=ckpt)
+    assert all(g["fused"] for g in t.opt_g.param_groups)
+    orig = t._step
+
+    def interrupting(step, g):
+        if step == 3:
+            raise KeyboardInterrupt
+        return orig(step, g)
+
+    t._step = interrupting
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    monkeypatch.undo()
+    resumed = _small(seed=9)
+    t = Trainer(resumed, digits.train, TrainConfig(**cfg), progress=False, device="cpu", checkpoint=ckpt)
+    result = t.fit(resume=True)
+    assert all(g["fused"] is None for g in t.opt_g.param_groups)
+    assert all(type(v) in (int, float) for row in result.history for v in row.values())  # read, not tensors
+    for (n, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5), n
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, digits):
     t = Trainer(
         _small(),
