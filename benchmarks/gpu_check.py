@@ -5,15 +5,20 @@
 3. PGD-40 (eps 0.3, step 0.01) against 10 sampled members on 1,000 MNIST-shaped images — with
    ``hgdefend.attacks.PGD`` when present, and always as a plain 40-step gradient-sign loop on
    ``ensemble.forward_logits``.
-Random inputs stand in for MNIST (speed does not depend on pixel values).
+Random inputs stand in for MNIST in parts 1–3 (speed does not depend on pixel values).
+4. With ``--data-root`` (MNIST in torchvision's layout): ``hgdefend train --dataset mnist`` end to end
+   for ``--train-budget`` seconds of training, then the single-network accuracy of its model on the
+   10,000 MNIST test images (100 sampled networks), wall clock of the whole command beside;
+5. ``hgdefend evaluate`` on that model with the full attack suite, timed end to end.
 
-    python benchmarks/gpu_check.py [--out gpu_check.json] [--skip-compile]
+    python benchmarks/gpu_check.py [--out gpu_check.json] [--skip-compile] [--data-root DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -64,9 +69,12 @@ def main() -> None:
     ap.add_argument("--skip-compile", action="store_true", help="leave out torch.compile / CUDA graphs")
     ap.add_argument("--strategies", default=None, help="comma list for part 1 (default: all for the device)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: check the script runs (CPU)")
+    ap.add_argument("--data-root", default=None, help="MNIST here: also time train and evaluate (4-5)")
+    ap.add_argument("--train-budget", type=float, default=60.0, help="seconds of training in part 4")
+    ap.add_argument("--work-dir", default="gpu_check_work", help="model and report folders of 4-5")
+    ap.add_argument("--parts", default="1,2,3,4,5", help="comma list of the parts to run")
     args = ap.parse_args()
     sizes = (4, 8, 2, 16, 2, 1) if args.smoke else (100, 1000, 32, 1000, 40, 3)
-    k_mem, b_mem, nets, imgs, pgd_steps, reps = sizes
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     report: dict = {"benchmark": "gpu_check", "device": members_bench.device_name(dev),
                     "torch": torch.__version__, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
@@ -76,6 +84,83 @@ def main() -> None:
         if args.out:
             Path(args.out).write_text(json.dumps(report, indent=1))
 
+    parts = {int(v) for v in args.parts.split(",")}
+    if args.data_root and parts & {4, 5}:
+        report["train_evaluate"] = train_and_evaluate(args, dev, parts, save, report)
+    if parts & {1, 2, 3}:
+        speed_rows(args, dev, sizes, report, save)
+    print(json.dumps(report, indent=1))
+
+
+def run_cli(args: list[str]) -> tuple[float, str]:
+    """Run ``python -m hgdefend ARGS`` as a user would; (wall-clock seconds, stdout)."""
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "hgdefend", *args], capture_output=True, text=True, check=False
+    )
+    secs = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"hgdefend {args[0]} exited {out.returncode}: {out.stderr[-600:]}")
+    return secs, out.stdout
+
+
+def train_and_evaluate(args, dev: torch.device, parts: set[int], save, report: dict) -> dict:
+    """Parts 4-5: the CLI end to end on MNIST, as a user runs it on this device."""
+    work = Path(args.work_dir)
+    model_dir = work / "model"
+    row: dict = {"train_budget_s": args.train_budget}
+    report["train_evaluate"] = row
+    dev_arg = ["--device", str(dev), "--seed", "0", "--quiet"]
+    if 4 in parts:
+        # checkpoints are ~200 MB (generator weights and Adam moments): the default interval of 100
+        # steps would time the disk, not training
+        cmd = ["train", "--dataset", "mnist", "--data-root", args.data_root, "--out", str(model_dir),
+               "--steps", "1000000", "--time-budget", str(args.train_budget), "--eval-every", "1000",
+               "--checkpoint-every", "1000000", *dev_arg]  # fmt: skip
+        try:
+            secs, _ = run_cli(cmd)
+            row["train_command"] = "hgdefend " + " ".join(cmd)
+            row["train_wall_s"] = round(secs, 2)
+            log = json.loads((model_dir / "train_log.json").read_text())
+            row["train_log"] = {k: log.get(k) for k in ("steps", "seconds", "history") if k in log}
+            row["test_accuracy"] = test_accuracy(model_dir / "model.safetensors", args.data_root, dev)
+        except Exception as exc:
+            row["train_error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
+        save()
+    if 5 in parts and (model_dir / "model.safetensors").is_file():
+        for name, extra in (("default_section", []),
+                            ("full_suite", ["--attacks", "fgsm,pgd", "--protocols", "paper,fixed,adaptive",
+                                            "--baselines", "deep-ensemble,single"])):  # fmt: skip
+            cmd = ["evaluate", "--model", str(model_dir / "model.safetensors"), "--dataset", "mnist",
+                   "--data-root", args.data_root, "--ood", "fashion-mnist",
+                   "--out", str(work / f"report_{name}"), "--json", *extra, *dev_arg]  # fmt: skip
+            try:
+                secs, out = run_cli(cmd)
+                summary = json.loads(out) if out.strip().startswith("{") else out[-2000:]
+                row[f"evaluate_{name}"] = {"command": "hgdefend " + " ".join(cmd), "wall_s": round(secs, 2),
+                                           "summary": summary}  # fmt: skip
+            except Exception as exc:
+                row[f"evaluate_{name}"] = f"{type(exc).__name__}: {str(exc)[:400]}"
+            save()
+    return row
+
+
+def test_accuracy(model: Path, data_root: str, dev: torch.device) -> dict:
+    """Single-network (mean, min over 100 sampled networks) and ensemble accuracy on MNIST's test set."""
+    from hgdefend import load_data
+    from hgdefend.io import load_model
+    from hgdefend.training import quick_eval
+
+    data = load_data("mnist", root=data_root)
+    hg = load_model(model, device=dev).hypergan
+    ens = hg.ensemble(100, seed=1)
+    test = data.test
+    return {"images": len(test), "members": 100, **quick_eval(ens, test, "classification")}
+
+
+def speed_rows(args, dev: torch.device, sizes: tuple, report: dict, save) -> None:
+    """Parts 1-3 on random MNIST-shaped inputs."""
+    k_mem, b_mem, nets, imgs, pgd_steps, reps = sizes
     # 1. members at K=100, B=1000
     pool = members_bench.CUDA_STRATEGIES if dev.type == "cuda" else members_bench.CPU_STRATEGIES
     pool = args.strategies.split(",") if args.strategies else pool
@@ -137,7 +222,6 @@ def main() -> None:
         pgd["hgdefend_PGD"] = f"not timed: {type(exc).__name__}: {str(exc)[:150]}"
     report["pgd40_10members_1000images"] = pgd
     save()
-    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
