@@ -29,24 +29,27 @@ from hgdefend.training import TrainConfig, train_members
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def evaluate(ens: SampledEnsemble, calib, test, ood, target_fpr: float, seed: int) -> dict:
-    """All scores for one ensemble: one batched forward per split, thresholds fit on calib."""
-    t0 = time.perf_counter()
-    logits = {
+def split_logits(ens: SampledEnsemble, calib, test, ood) -> dict[str, torch.Tensor]:
+    """Member logits ``[K, B, C]`` of each split (``calib``, ``test``, ``ood``): one batched forward each."""
+    return {
         n: ens.member_logits(s.x, batch_size=250) for n, s in (("calib", calib), ("test", test), ("ood", ood))
     }
-    seconds = time.perf_counter() - t0
+
+
+def metrics_from_logits(logits: dict[str, torch.Tensor], test_y, target_fpr: float, seed: int) -> dict:
+    """Accuracy and, for every score, AUROC / AUPR / TPR at the threshold fit on calib (at the target
+    FPR) and FPR at 95 % TPR, from :func:`split_logits` (on any device)."""
     scores = {
-        n: {k: v.numpy().astype(np.float64) for k, v in compute_scores(lg).items()}
+        n: {k: v.cpu().numpy().astype(np.float64) for k, v in compute_scores(lg).items()}
         for n, lg in logits.items()
     }
-    probs = torch.softmax(logits["test"], -1)
-    clean_wrong = (probs.mean(0).argmax(-1) != test.y).numpy()
+    probs = torch.softmax(logits["test"], -1).cpu()
+    test_y = test_y.cpu()
+    clean_wrong = (probs.mean(0).argmax(-1) != test_y).numpy()
     out: dict = {
-        "members": ens.k,
+        "members": int(logits["test"].shape[0]),
         "ensemble_accuracy": float(1 - clean_wrong.mean()),
-        "single_network_accuracy_mean": float((probs.argmax(-1) == test.y).float().mean()),
-        "scoring_seconds": round(seconds, 2),
+        "single_network_accuracy_mean": float((probs.argmax(-1) == test_y).float().mean()),
         "scores": {},
     }
     for name in SCORES:
@@ -74,6 +77,15 @@ def evaluate(ens: SampledEnsemble, calib, test, ood, target_fpr: float, seed: in
             )
         }
     return out
+
+
+def evaluate(ens: SampledEnsemble, calib, test, ood, target_fpr: float, seed: int) -> dict:
+    """All scores for one ensemble: one batched forward per split, thresholds fit on calib."""
+    t0 = time.perf_counter()
+    logits = split_logits(ens, calib, test, ood)
+    seconds = time.perf_counter() - t0
+    out = metrics_from_logits(logits, test.y, target_fpr, seed)
+    return {**out, "scoring_seconds": round(seconds, 2)}
 
 
 def main() -> None:

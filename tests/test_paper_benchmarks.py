@@ -149,3 +149,39 @@ def test_paper_table2_quick_has_every_size_seed_and_method(tmp_path):
     table = run_benchmark("paper_table2.py", "--table", str(out))
     assert "98.64 / 98.75 / 99.22 / 99.31 %" in table and "96.69 / 97.24 / 97.33 / 97.71 %" in table
     assert "99.30 % (cited method)" in table and "95.58 % (cited method)" in table
+
+
+def test_paper_ood_quick_draws_the_cdfs_and_scores_every_method(tmp_path):
+    import statistics
+
+    out = tmp_path / "ood.json"
+    d = json.loads(run_benchmark("paper_ood.py", "--quick", "--threads", "1", "--out-dir", str(tmp_path),
+                                 "--out", str(out)))  # fmt: skip
+    png = tmp_path / "paper_ood.png"
+    assert d["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert d["benchmark"] == "paper_ood" and {"device", "device_name", "torch", "date_utc"} <= set(d)
+    rows = d["rows"]
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        (m, s) for s in (0, 1) for m in ("hypergan", "deep-ensemble", "mc-dropout")
+    ]
+    for r in rows:
+        assert r["protocol"] == "heldout" and r["training"]["steps"] == 60
+        assert r["members"] == (10 if r["method"] == "deep-ensemble" else 20)
+        assert 0 <= r["ensemble_accuracy"] <= 1
+        for s in ("entropy", "mutual_information", "max_prob", "variance"):
+            assert 0 <= r["scores"][s]["auroc"] <= 1
+        e = r["ecdf"]
+        assert math.isclose(e["grid_max"], math.log(5)) and e["points"] == 51
+        for split in ("test", "ood"):
+            cdf = e[split]
+            assert len(cdf) == 51 and sorted(cdf) == cdf and cdf[-1] == 1.0
+            assert 0 <= r["entropy_median"][split] <= math.log(5) + 1e-6
+    for s in d["summary"]:
+        rs = [r for r in rows if r["method"] == s["method"]]
+        vals = [r["scores"]["entropy"]["auroc"] for r in rs]
+        assert math.isclose(s["auroc"]["entropy"]["mean"], statistics.fmean(vals))
+        assert math.isclose(s["auroc"]["entropy"]["std"], statistics.stdev(vals))
+    table = run_benchmark("paper_ood.py", "--table", str(out))
+    assert table.count("| heldout |") == 3 and "no AUROC or other number" in table
+    with pytest.raises(subprocess.CalledProcessError):
+        run_benchmark("paper_ood.py", "--table", str(out), str(out))
