@@ -185,3 +185,52 @@ def test_paper_ood_quick_draws_the_cdfs_and_scores_every_method(tmp_path):
     assert table.count("| heldout |") == 3 and "no AUROC or other number" in table
     with pytest.raises(subprocess.CalledProcessError):
         run_benchmark("paper_ood.py", "--table", str(out), str(out))
+
+
+def test_paper_adversarial_quick_has_transfer_and_detection_per_size(tmp_path):
+    out = tmp_path / "adv.json"
+    args = ("--quick", "--threads", "1", "--out-dir", str(tmp_path), "--out", str(out))
+    d = json.loads(run_benchmark("paper_adversarial.py", *args))
+    assert d["benchmark"] == "paper_adversarial" and d["dataset"] == "digits"
+    for name in ("detection", "transfer"):
+        png = tmp_path / f"paper_adversarial_{name}.png"
+        assert d["plots"][name] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {m: t["steps"] for m, t in d["training"].items()} == {"hypergan": 60, "deep-ensemble": 60}
+
+    # Figure 4: every attack and eps, for the HyperGAN (30 fresh judges) and the deep ensemble (9)
+    transfer = {(r["method"], r["attack"], r["eps"]): r for r in d["transfer"]}
+    assert set(transfer) == {(m, a, e) for m in ("hypergan", "deep-ensemble") for a in ("fgsm", "pgd")
+                             for e in (0.1, 0.3)}  # fmt: skip
+    for (method, attack, _), r in transfer.items():
+        assert r["judges"] == (30 if method == "hypergan" else 9) and r["inputs"] == 40
+        assert 0 <= r["source_fooled"] <= r["source_correct"] <= 40
+        assert sum(r["histogram"]) == r["source_fooled"] and r["mean_linf"] <= r["eps"] + 1e-6
+        if r["source_fooled"]:
+            assert 0 <= r["transfer_rate"] <= 1 and 0 <= r["share_fooling_all_judges"] <= 1
+        if attack == "pgd":  # the same PGD through hgdefend.attacks.transfer_rate gives the same number
+            assert math.isclose(r["library_transfer_rate"], r["transfer_rate"], abs_tol=1e-6)
+
+    # Figure 5: ensembles of 5 and 10, every attack × protocol × eps, HyperGAN and the deep ensemble
+    assert [s["members"] for s in d["detection"]] == [5, 10]
+    assert d["detection"][0]["sanity"]["params"]["steps"] == 5
+    for s in d["detection"]:
+        assert [m["name"] for m in s["methods"]] == ["hypergan", "deep-ensemble"]
+        hg, deep = s["methods"]
+        assert hg["scoring_ensemble"]["members"] == s["members"] == deep["scoring_ensemble"]["members"]
+        assert hg["scoring_ensemble"]["seed"] != hg["attacked_ensemble"]["seed"]  # a fresh ensemble judges
+        for m in s["methods"]:
+            keys = [(r["attack"], r["protocol"], r["eps"]) for r in m["rows"]]
+            grid = [
+                (a, p, e) for a in ("fgsm", "pgd") for p in ("paper", "fixed", "adaptive") for e in (0.1, 0.3)
+            ]
+            assert sorted(keys) == sorted(grid)
+            for r in m["rows"]:
+                assert 0 <= r["tpr_at_threshold"] <= 1 and 0 <= r["auroc"] <= 1
+                assert 0 <= r["missed_and_wrong"] <= 1 - r["tpr_at_threshold"] + 1e-9
+                assert r["mean_linf"] <= r["eps"] + 1e-6
+                if r["protocol"] == "adaptive":
+                    assert [x["lam"] for x in r["lambda_sweep"]] == [0.0, 1.0]
+    table = run_benchmark("paper_adversarial.py", "--table", str(out))
+    assert "50-70 %" in table and table.count("| 10 | hypergan |") == 12 and "over 97%" in table
+    with pytest.raises(subprocess.CalledProcessError):
+        run_benchmark("paper_adversarial.py", "--table", str(out), str(out))
