@@ -11,11 +11,16 @@ object (and writes it with --out).
     python benchmarks/paper_weight_norms.py --dataset mnist --budget 2400 --threads 1 \\
         --out benchmarks/results/paper_weight_norms_mnist.json
     python benchmarks/paper_weight_norms.py --quick        # digits, a few steps: what the tests run
+    python benchmarks/paper_weight_norms.py --dataset cifar10 --data-root DIR --trust-data-root \\
+        --budget 2400 --out benchmarks/results/paper_weight_norms_cifar10.json   # Table 4's setting
     python benchmarks/paper_weight_norms.py --table RESULT.json   # the RESULTS.md table of a run
 
-The paper's numbers are put beside ours in the ``--table`` output (MNIST only: the paper has no
-digits experiment), each with the table of the paper's text it is quoted from; where the text gives
-no number, the cell says so.
+The paper's numbers are put beside ours in the ``--table`` output (MNIST: Tables 1-3; CIFAR-10:
+Table 4; the paper has no digits experiment), each with the table of the paper's text it is quoted
+from; where the text gives no number, the cell says so. CIFAR-10 (``--dataset cifar10``, the paper's
+CIFAR-10 target net) reads torchvision's ``cifar-10-batches-py`` under ``--data-root``; its batch files
+are Python pickles, so ``--trust-data-root`` is required (SECURITY.md). ``--quick`` uses digits unless
+``--dataset`` is given.
 """
 
 from __future__ import annotations
@@ -83,6 +88,37 @@ PAPER_MNIST: dict[str, dict] = {
         "'Deep Ensembles' row, 99.30, is the cited method's number, not these 10 networks)",
     },
 }
+# The paper's CIFAR-10 numbers (Table 4: without the mixer and the discriminator, and 10 standard
+# networks); its text gives no CIFAR-10 norms for the full HyperGAN.
+PAPER_CIFAR10: dict[str, dict | None] = {
+    "hypergan": None,
+    "no-mixer": None,
+    "no-discriminator": None,
+    "neither": {
+        "norms_source": "Table 4 (HyperGAN - CIFAR-10, without the mixing network or the discriminator)",
+        "norms": {
+            "Conv1": (1.87, 0.11),
+            "Conv2": (16.83, 2.44),
+            "Conv3": (9.35, 1.02),
+            "Linear1": (10.66, 0.16),
+            "Linear2": (20.35, 0.76),
+        },
+        "accuracy_source": None,
+    },
+    "standard": {
+        "norms_source": "Table 4, Standard Training - CIFAR-10: 10 networks from different random "
+        "initializations",
+        "norms": {
+            "Conv1": (5.13, 1.19),
+            "Conv2": (15.19, 4.40),
+            "Conv3": (16.15, 4.28),
+            "Linear1": (11.79, 2.80),
+            "Linear2": (2.45, 0.13),
+        },
+        "accuracy_source": None,
+    },
+}
+PAPER = {"mnist": PAPER_MNIST, "cifar10": PAPER_CIFAR10}
 PAPER_QUOTES = {
     "table_1": "Table 1: 2-norm statistics on the layers of a population of networks sampled from HyperGAN, "
     "compared to 10 standard networks trained from different random initializations. Both HyperGAN and "
@@ -90,7 +126,9 @@ PAPER_QUOTES = {
     "table_3": "Table 3: Statistics on the layers of a population of networks sampled from HyperGAN, "
     "compared to 10 standard networks trained from different random initializations. Without the mixing "
     "network or the discriminator, HyperGAN suffers from a lack of diversity",
-    "table_4": "Table 4: the same ablation on CIFAR-10 (not run by this script)",
+    "table_4": "Table 4: Statistics on the layers of networks sampled from HyperGAN without the mixing "
+    "network or discriminator, compared to 10 standard networks trained from different random "
+    "initializations",
     "ablation_scope": "Appendix A.3 removes the mixer and the discriminator together; the text has no "
     "run without only one of them",
 }
@@ -125,7 +163,11 @@ def layer_names(spec) -> dict[str, str]:
 def load(args):
     if args.dataset == "digits":
         return load_data("digits")
-    return load_data("mnist", root=args.data_root)
+    try:
+        return load_data(args.dataset, root=args.data_root, trust_data_root=args.trust_data_root)
+    except ValueError as exc:  # a missing root, CIFAR-10 without --trust-data-root: one line, exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def train(setting: str, data, args, dev) -> tuple[SampledEnsemble, dict]:
@@ -178,7 +220,7 @@ def markdown_table(result: dict) -> str:
     """The RESULTS.md table for one run's JSON (``--table FILE``), the paper's numbers beside ours."""
     rows = result["rows"]
     layers = [entry["layer"] for entry in rows[0]["layers"]]
-    mnist = result["dataset"] == "mnist"
+    paper_rows = PAPER.get(result["dataset"])
     head = ["setting", "mixer", "discriminator", "source", "networks", "steps"]
     head += [f"{n} mean / σ" for n in layers] + ["ensemble acc", "single acc (mean)"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -190,9 +232,9 @@ def markdown_table(result: dict) -> str:
         cells += [f"{e['mean_norm']:.2f} / {e['std_norm']:.2f}" for e in r["layers"]]
         cells += [_pct(r["ensemble_accuracy"]), _pct(r["single_network_accuracy_mean"])]
         lines.append("| " + " | ".join(cells) + " |")
-        if not mnist:
+        if paper_rows is None:
             continue
-        paper = PAPER_MNIST[r["setting"]]
+        paper = paper_rows[r["setting"]]
         if paper is None:
             cells = ["", "", "", "paper", "", ""] + [NOT_IN_TEXT] * (len(layers) + 2)
         else:
@@ -214,10 +256,15 @@ def markdown_table(result: dict) -> str:
         "`var_norm` in the JSON). The paper labels its second row σ² and does not say whether it is a "
         "variance or a standard deviation.",
     ]
-    if mnist:
+    if result["dataset"] == "mnist":
         acc = PAPER_MNIST["hypergan"]["accuracy_source"]
         notes.append(f"Paper accuracy of the HyperGAN row: {acc}. Independently trained networks: "
                      f"{PAPER_MNIST['standard']['accuracy_source']}.")  # fmt: skip
+    elif result["dataset"] == "cifar10":
+        notes.append("Paper: Table 4 gives CIFAR-10 norms only without the mixer and the discriminator, "
+                     "and for 10 standard networks, with no accuracy beside them. Its Table 6 lists "
+                     "Conv3 as 32 x 64 x 3 x 3, inconsistent with Conv2's 32 outputs; the target net here "
+                     "is hgdefend's cifar10_paper (16, 32, 32 channels).")  # fmt: skip
     else:
         notes.append(f"The paper has no {result['dataset']} experiment: no paper numbers to compare.")
     return "\n".join(lines + notes)
@@ -227,8 +274,11 @@ def main() -> None:
     if print_table(markdown_table):
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", choices=("mnist", "digits"), default="mnist")
+    p.add_argument("--dataset", choices=("mnist", "cifar10", "digits"), default=None,
+                   help="default: mnist (digits with --quick)")  # fmt: skip
     p.add_argument("--data-root", default=str(DEFAULT_ROOT))
+    p.add_argument("--trust-data-root", action="store_true",
+                   help="read CIFAR-10's pickled batches from --data-root (your own folder)")  # fmt: skip
     p.add_argument("--settings", default=",".join(SETTINGS), help=f"a subset of {', '.join(SETTINGS)}")
     p.add_argument("--budget", type=float, default=2400.0, help="training seconds per model (each setting)")
     p.add_argument("--max-steps", type=int, default=1_000_000, help="step cap (the budget binds first)")
@@ -239,12 +289,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="digits, a few steps (what the tests run)")
+    p.add_argument("--quick", action="store_true", help="a few steps (on digits unless --dataset)")
     p.add_argument("--quick-steps", type=int, default=30)
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args()
-    if args.quick:
-        args.dataset = "digits"
+    if args.dataset is None:
+        args.dataset = "digits" if args.quick else "mnist"
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown or not settings:
@@ -266,7 +316,7 @@ def main() -> None:
         print(f"{setting}: acc {acc:.4f} (single {single:.4f}), norms {norms}", file=sys.stderr, flush=True)
     out = {
         **run_record("paper_weight_norms", args, dev, t_all),
-        "paper": {"mnist": PAPER_MNIST, "quotes": PAPER_QUOTES},
+        "paper": {"mnist": PAPER_MNIST, "cifar10": PAPER_CIFAR10, "quotes": PAPER_QUOTES},
         "notes": NOTES,
         "dataset": args.dataset,
         "rows": rows,
