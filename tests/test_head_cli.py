@@ -4,7 +4,6 @@ load such a model (issue #16 item 3): the user's module and weights from files, 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -183,7 +182,62 @@ def test_export_of_a_model_over_a_backbone(files, head_model, tmp_path):
               "--threads", "1")  # fmt: skip
     assert res.exit_code == 0, res.output
     assert out.is_file()
-    line = one_error_line(run("export", "-m", head_model, *backbone_args(files), "--members", "3", "--out",
-                              tmp_path / "f.onnx", "--report", tmp_path / "rep"))  # fmt: skip
-    assert "--report" in line and "not built yet" in line
-    assert not Path(tmp_path / "f.onnx").exists()
+
+
+# ------------------------------------------------------------------ the exported file of such a model
+@pytest.fixture(scope="module")
+def head_onnx(files, head_model):
+    """`export --report` of the model over the backbone, beside its model file (as the metadata names it)."""
+    out, rep = head_model.parent / "head.onnx", head_model.parent / "export_report"
+    res = run("export", "-m", head_model, *backbone_args(files), "--members", "3", "--out", out, "--report",
+              rep, "--quiet", "--threads", "1")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    return out, rep
+
+
+def test_export_report_of_a_model_over_a_backbone(head_onnx):
+    """`export --report` evaluates the exported file with the user's model passed on to the source."""
+    out, rep = head_onnx
+    report = json.loads((rep / "report.json").read_text())
+    assert report["model"]["onnx_path"] == str(out) and report["model"]["members"] == 3
+    assert report["model"]["source_model"].startswith("given with --model")
+    # the file's networks resampled from the source model (with the user's module) match the graph
+    assert report["model"]["resampled_networks_max_abs_logit_diff"] < 1e-4
+    assert report["accuracy"] and report["detection"]
+
+
+def test_evaluate_onnx_of_a_head_export_runs_transfer_attacks(files, head_onnx, tmp_path):
+    """The source model beside the file loads with --backbone, so transfer attacks are crafted on it."""
+    out, _ = head_onnx
+    res = run("evaluate", "--onnx", out, *backbone_args(files), "--attacks", "pgd", "--eps", "0.3",
+              "--attack-inputs", "20", "--attack-steps", "3", "--quiet", "--threads", "1",
+              "--out", tmp_path / "r")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["model"]["source_model"].startswith("found beside the ONNX file")
+    transfer = report["transfer"]
+    assert transfer["same_weights_max_abs_logit_diff"] < 1e-4
+    assert {r["crafted_on"] for r in transfer["rows"]} == {"exported networks", "fresh sample (seed 1)"}
+    assert all(0.0 <= r["onnx_accuracy"] <= 1.0 for r in transfer["rows"])
+
+
+def test_evaluate_onnx_of_a_head_export_without_its_backbone(files, head_model, head_onnx, tmp_path):
+    """Without --backbone the source beside the file is skipped, naming the option; --model without it
+    and other weights are one error line each."""
+    out, _ = head_onnx
+    res = run("evaluate", "--onnx", out, "--attacks", "pgd", "--attack-inputs", "10", "--attack-steps", "2",
+              "--quiet", "--threads", "1", "--out", tmp_path / "r")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert set(report["transfer"]) == {"skipped"} and "--backbone" in report["transfer"]["skipped"]
+    assert "--backbone" in report["model"]["source_model"] and "not used" in report["model"]["source_model"]
+    line = one_error_line(run("evaluate", "--onnx", out, "-m", head_model, "--out", tmp_path / "s"))
+    assert "--backbone" in line and "protects a pretrained model" in line
+    line = one_error_line(run("evaluate", "--onnx", out, *backbone_args(files, "other.safetensors"),
+                              "--out", tmp_path / "t"))  # fmt: skip
+    assert "--backbone-weights" in line and "not the pretrained model" in line
+
+
+def test_evaluate_backbone_needs_a_model_or_an_onnx_file(files, tmp_path):
+    line = one_error_line(run("evaluate", *backbone_args(files), "--out", tmp_path / "r"))
+    assert "--backbone" in line and "--model" in line and "--onnx" in line

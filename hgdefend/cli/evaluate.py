@@ -163,16 +163,13 @@ def evaluate(
     from ..evaluate import EvaluateOptions, run_evaluate
 
     set_threads(threads)
-    if backbone is not None and (onnx_path is not None or model is None):
+    if backbone is not None and model is None and onnx_path is None:
         raise CLIError(
-            "--backbone: goes with --model (a model file trained over it with `hgdefend train "
-            "--backbone`); evaluating an exported .onnx file of such a model is not built yet"
-            if onnx_path is not None
-            else "--backbone: goes with --model (train one first with `hgdefend train --backbone "
-            "... --generate ...`)"
+            "--backbone: goes with --model (train one first with `hgdefend train --backbone "
+            "... --generate ...`), or with --onnx (the source model of an exported file)"
         )
     module = get_backbone(backbone, backbone_weights)
-    if model is not None and onnx_path is None:
+    if model is not None:  # with --onnx: the source model, loaded for transfer attacks
         check_backbone_for(model, module)
     opts = EvaluateOptions(
         dataset=dataset,

@@ -8,7 +8,6 @@ import click
 
 from ..vocab import SCORES
 from .common import (
-    CLIError,
     backbone_options,
     command_line,
     echo,
@@ -142,11 +141,6 @@ def export(
     set_threads(threads)
     module = get_backbone(backbone, backbone_weights)
     check_backbone_for(model, module)
-    if module is not None and report_dir is not None:
-        raise CLIError(
-            "--report: evaluating the exported file of a model over your own module is not built yet; "
-            "run `hgdefend evaluate --model MODEL --backbone ...` for the model's report"
-        )
     try:
         result = export_onnx(
             model,
@@ -176,7 +170,7 @@ def export(
 
         opts = EvaluateOptions(onnx=out, model=model, data_root=data_root, out=report_dir, quiet=True,
                                trust_data_root=trust_data_root)  # fmt: skip
-        paths = run_evaluate(opts, command=command_line())[1]
+        paths = run_evaluate(opts, command=command_line(), module=module)[1]
     if as_json:
         click.echo(json.dumps({**result.to_dict(), "report": None if paths is None else {
             k: str(p) for k, p in paths.items()}}, indent=2))  # fmt: skip

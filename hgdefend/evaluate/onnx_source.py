@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from ..backbone import check_backbone_for, peek_target
 from ..data import load_data
 from ..errors import HgdefendError
 from ..export.fileformat import DIGEST_KEY
@@ -58,13 +59,15 @@ class OnnxSource:
 
 
 # --------------------------------------------------------------------------- context
-def _find_source(opts: EvaluateOptions, det: OnnxDetector, device: torch.device) -> tuple[
-        LoadedModel | None, str]:  # fmt: skip
-    """The source model file and a sentence on how it was found (or why not)."""
+def _find_source(opts: EvaluateOptions, det: OnnxDetector, device: torch.device,
+                 module: nn.Module | None = None) -> tuple[LoadedModel | None, str]:  # fmt: skip
+    """The source model file and a sentence on how it was found (or why not). ``module``: the
+    pretrained model (``--backbone``) a source model over a backbone needs to load."""
     meta = det.metadata
     recorded, of = meta.get("source_model_sha256"), meta.get("source_model_sha256_of")
     if opts.model:
-        loaded = load_model(opts.model, device=device)
+        check_backbone_for(opts.model, module)
+        loaded = load_model(opts.model, module=module, device=device)
         if of == "model_file" and loaded.sha256 != recorded:
             raise HgdefendError(
                 f"model: {opts.model!r} has SHA-256 {loaded.sha256}, but {det.path!r} was exported from a "
@@ -85,9 +88,16 @@ def _find_source(opts: EvaluateOptions, det: OnnxDetector, device: torch.device)
             f"not found: {name!r} (named in the file's metadata) is not beside {det.path!r} nor in the "
             "working folder; pass --model to run transfer attacks"
         )
+    target = peek_target(found) or {}
+    if target.get("kind") in ("head", "module") and module is None:
+        return None, (
+            f"not used: {str(found)!r} was trained over your own model ({str(target.get('name'))[:60]!r}); "
+            "pass it with --backbone FILE.py:FUNCTION and --backbone-weights to run transfer attacks"
+        )
+    check_backbone_for(found, module)  # a --backbone it does not take, or other weights: an error
     try:
-        loaded = load_model(found, device=device)
-    except HgdefendError as e:  # e.g. a model over a pretrained backbone, which needs that model
+        loaded = load_model(found, module=module, device=device)
+    except HgdefendError as e:
         return None, f"not used: {str(found)!r} could not be loaded here ({e})"
     if loaded.sha256 != recorded:
         return None, (
@@ -97,15 +107,17 @@ def _find_source(opts: EvaluateOptions, det: OnnxDetector, device: torch.device)
 
 
 def onnx_context(
-    opts: EvaluateOptions, device: torch.device, progress: bool
+    opts: EvaluateOptions, device: torch.device, progress: bool, module: nn.Module | None = None
 ) -> tuple[EvalContext, dict[str, Any]]:
     """The evaluation context of an exported file, and the report's title, seed, model hash and
-    the file's SHA-256 for the run's record."""
+    the file's SHA-256 for the run's record. ``module``: the pretrained model (``--backbone``) of a
+    source model trained over it (the exported graph holds that model's frozen part already; the
+    source model is what transfer attacks are crafted on)."""
     onnx_device = "cuda" if device.type == "cuda" else "cpu"
     det = OnnxDetector(opts.onnx, device=onnx_device, threads=torch.get_num_threads())
     meta = det.metadata
     dataset_cfg = json.loads(meta.get("dataset") or "{}")
-    loaded, source_note = _find_source(opts, det, device)
+    loaded, source_note = _find_source(opts, det, device, module)
     name = opts.dataset or dataset_cfg.get("name")
     if not name and loaded is not None:
         name = (loaded.config.get("dataset") or {}).get("name")

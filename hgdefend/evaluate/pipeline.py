@@ -214,7 +214,8 @@ def run_evaluate(
     """Run the evaluation and write the report; return (report, written paths by kind).
 
     ``module``: the user's model that ``opts.model`` was trained on (a model over a pretrained
-    backbone, or a user ``nn.Module`` target), passed to :func:`~hgdefend.io.load_model`."""
+    backbone, or a user ``nn.Module`` target), passed to :func:`~hgdefend.io.load_model`; with
+    ``opts.onnx``, the one the exported file's source model was trained on."""
     t0 = time.perf_counter()
     opts = opts.checked()
     parse_fail_under(opts.fail_under)  # bad syntax fails before any training
@@ -228,7 +229,7 @@ def run_evaluate(
 def _run(opts: EvaluateOptions, command: str | None, device: torch.device, progress: bool, lock: FolderLock,
          t0: float, module: nn.Module | None = None) -> tuple[dict[str, Any], dict[str, Path]]:  # fmt: skip
     if opts.onnx is not None:
-        ctx, head = onnx_context(opts, device, progress)
+        ctx, head = onnx_context(opts, device, progress, module)
     else:
         ctx, head = _model_context(opts, device, progress, lock, module)
     lock.acquire()  # plots and the report are written from here on
