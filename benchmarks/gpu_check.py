@@ -197,8 +197,27 @@ def speed_rows(args, dev: torch.device, sizes: tuple, report: dict, save) -> Non
             steps[s] = round(time_steps(hg, data, cfg, s, dev, 10 if reps > 1 else 1) * 1e3, 3)
         except Exception as exc:
             steps[s] = f"{type(exc).__name__}: {str(exc)[:150]}"
+    # as training runs: steps queued back to back; eager and captured as a CUDA graph
+    both = {"graphed": True, "pipelined": True}
+    variants = {"auto pipelined": {"pipelined": True}, "loop pipelined": {"pipelined": True},
+                "auto graphed": {"graphed": True}, "auto graphed pipelined": both,
+                "grouped graphed pipelined": both}  # fmt: skip
+    for name, kw in variants.items():
+        if kw.get("graphed") and dev.type != "cuda":
+            continue
+        try:
+            n = 30 if reps > 1 else 1
+            steps[name] = round(time_steps(hg, data, cfg, name.split()[0], dev, n, **kw) * 1e3, 3)
+        except Exception as exc:
+            steps[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
     loop_ms = steps["loop"]
     report["train_step_ms"] = steps
+    if isinstance(steps.get("loop pipelined"), float):
+        report["train_step_pipelined_loop_over"] = {
+            s: round(steps["loop pipelined"] / v, 2)
+            for s, v in steps.items()
+            if "pipelined" in s and isinstance(v, float)
+        }
     report["train_step_loop_over"] = {s: round(loop_ms / v, 2) for s, v in steps.items()
                                       if isinstance(v, float) and isinstance(loop_ms, float)}  # fmt: skip
     save()

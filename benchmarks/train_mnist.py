@@ -22,22 +22,36 @@ from _common import device_name, sync
 
 from hgdefend import HyperGAN, TrainConfig, Trainer, load_data
 from hgdefend.ensemble import diversity, pairwise_disagreement
+from hgdefend.graphed_step import GraphedStep
 from hgdefend.targets import choose_strategy, mnist_paper
-from hgdefend.training import quick_eval, resolve_device
+from hgdefend.training import quick_eval, resolve_device, task_loss
 
 
-def time_steps(hg: HyperGAN, data, cfg: TrainConfig, strategy: str, dev: torch.device, n: int) -> float:
-    """Median seconds of one full training step (generator forward, member forward+backward, Adam)."""
-    tr = Trainer(copy.deepcopy(hg), data.train, TrainConfig(**{**cfg.__dict__, "strategy": strategy}),
+def time_steps(hg: HyperGAN, data, cfg: TrainConfig, strategy: str, dev: torch.device, n: int,
+               *, graphed: bool = False, pipelined: bool = False) -> float:  # fmt: skip
+    """Seconds of one full training step (generator forward, member forward+backward, Adam): the
+    median of ``n`` steps each waited for, or with ``pipelined`` the mean of ``n`` steps queued back to
+    back (as training runs them: no host synchronisation between steps). ``graphed``: the step
+    captured as a CUDA graph (:mod:`hgdefend.graphed_step`)."""
+    tr = Trainer(copy.deepcopy(hg), data.train,
+                 TrainConfig(**{**cfg.__dict__, "strategy": strategy, "cuda_graph": graphed}),
                  device=dev, progress=False)  # fmt: skip
+    step = GraphedStep(tr, task_loss) if graphed else tr._step
     g = torch.Generator().manual_seed(0)
-    for s in range(2):  # warm-up (allocator, cuDNN autotune, lazy init)
-        tr._step(s, g)
+    for s in range(3):  # warm-up (allocator, cuDNN autotune, lazy init, graph capture)
+        step(s, g)
+    if pipelined:
+        sync(dev)
+        t0 = time.perf_counter()
+        for s in range(n):
+            step(s, g)
+        sync(dev)
+        return (time.perf_counter() - t0) / n
     times = []
     for s in range(n):
         sync(dev)
         t0 = time.perf_counter()
-        tr._step(s, g)
+        step(s, g)
         sync(dev)
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]

@@ -222,22 +222,28 @@ class HyperGAN(nn.Module):
         flat = codes.reshape(-1, self.code_dim)
         return rng.randn(flat.shape, generator, flat.device)
 
-    def regulariser_loss(self, codes: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """The mixer's penalty for codes that do not look like the N(0, I) prior."""
+    def regulariser_loss(
+        self, codes: Tensor, generator: torch.Generator | None = None, *, prior: Tensor | None = None
+    ) -> Tensor:
+        """The mixer's penalty for codes that do not look like the N(0, I) prior.
+        ``prior``: the MMD's prior sample, when drawn beforehand (drawn from ``generator`` otherwise)."""
         flat = codes.reshape(-1, self.code_dim)
         if self.regulariser == "gan":
             logits = self.discriminator(flat)
             return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
         if self.regulariser == "mmd":
-            return mmd_rbf(flat, self.prior_like(codes, generator))
+            return mmd_rbf(flat, self.prior_like(codes, generator) if prior is None else prior)
         return flat.new_zeros(())
 
-    def discriminator_loss(self, codes: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Standard GAN loss on logits: prior samples are real, mixer codes are fake."""
+    def discriminator_loss(
+        self, codes: Tensor, generator: torch.Generator | None = None, *, prior: Tensor | None = None
+    ) -> Tensor:
+        """Standard GAN loss on logits: prior samples are real, mixer codes are fake.
+        ``prior``: the real sample, when drawn beforehand (drawn from ``generator`` otherwise)."""
         if self.discriminator is None:
             raise ValueError("discriminator_loss: this HyperGAN has no discriminator")
         flat = codes.detach().reshape(-1, self.code_dim)
-        real = self.discriminator(self.prior_like(codes, generator))
+        real = self.discriminator(self.prior_like(codes, generator) if prior is None else prior)
         fake = self.discriminator(flat)
         return F.binary_cross_entropy_with_logits(
             real, torch.ones_like(real)

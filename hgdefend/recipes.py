@@ -116,6 +116,7 @@ def train_model(
     eval_every: int = 0,
     checkpoint_every: int = 0,
     time_budget: float | None = None,
+    cuda_graph: bool = False,
     checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
@@ -133,7 +134,8 @@ def train_model(
     ``None`` keeps the recipe's value. The calibration split is the validation set (evaluated every
     ``eval_every`` steps and at the end); ``checkpoint`` is written every ``checkpoint_every`` steps
     and at the end (its folder is created), and ``resume=True`` continues from it. ``time_budget``
-    (seconds) stops training early and anneals the learning rate over it. ``adversarial`` (with
+    (seconds) stops training early and anneals the learning rate over it; ``cuda_graph`` replays the
+    step as one CUDA graph (:mod:`hgdefend.graphed_step`; plain recipe on a GPU). ``adversarial`` (with
     ``adv_eps``, ``adv_steps``, ``adv_alpha``, ``trades_beta``) trains on inputs crafted against each
     step's networks (:mod:`hgdefend.adversarial`). ``dist`` (from
     :func:`hgdefend.distributed.init_distributed`) trains across the ranks of a torchrun launch: the
@@ -153,6 +155,7 @@ def train_model(
         eval_every=eval_every,
         checkpoint_every=checkpoint_every,
         time_budget_s=time_budget,
+        cuda_graph=cuda_graph,
         seed=seed,
         diversity=diversity,
         diversity_weight=diversity_weight,

@@ -30,6 +30,7 @@ from .data import Split
 from .distributed import Distributed
 from .diversity import check_diversity, diversity_loss
 from .ensemble import SampledEnsemble
+from .graphed_step import GraphedStep, check_graphable
 from .hypergan import HyperGAN, make_generator
 from .io import load_checkpoint, save_checkpoint
 from .probabilities import predict
@@ -65,6 +66,7 @@ class TrainConfig:
     adv_steps: int = 7  # PGD / TRADES steps (FGSM takes one)
     adv_alpha: float | None = None  # step size; None: 2.5·eps/steps (PGD, TRADES), 1.25·eps (FGSM)
     trades_beta: float = 6.0  # TRADES' weight of the clean–adversarial KL term
+    cuda_graph: bool = False  # capture the plain step as one CUDA graph (hgdefend.graphed_step)
 
     def __post_init__(self) -> None:
         for name in ("steps", "nets_per_step", "batch_size"):
@@ -331,6 +333,8 @@ class Trainer:
             )  # fmt: skip
             self.optimizers["discriminator"] = self.opt_d
             self.schedulers["discriminator"] = _schedule(self.opt_d, cfg)
+        if cfg.cuda_graph:
+            check_graphable(self)
 
     def _step(self, step: int, g: torch.Generator) -> dict[str, Tensor]:
         cfg, hg = self.cfg, self.hg
@@ -413,15 +417,17 @@ class Trainer:
         loop = _Loop(self.cfg, self.progress, "train hypergan", list(self.optimizers.values()), seconds)
         if self.checkpoint and self.dist is not None:
             ckpt = self.dist.once("writing the checkpoint", ckpt)  # rank 0 writes, after a barrier
-        step, secs = loop.run(start, self._step, self._eval, ckpt if self.checkpoint else None,
+        step_fn = GraphedStep(self, task_loss) if self.cfg.cuda_graph else self._step
+        step, secs = loop.run(start, step_fn, self._eval, ckpt if self.checkpoint else None,
                               history)  # fmt: skip
         self.hg.eval()
         return TrainResult(step, secs, history, pre)
 
 
-# ``strategy`` changes only float round-off, not the method, so a resume may switch it. A resume may
-# change ``time_budget_s`` too: the rest of the schedule follows the new budget (or the step count).
-_BOOKKEEPING = ("eval_every", "eval_members", "checkpoint_every", "time_budget_s", "strategy")
+# ``strategy`` and ``cuda_graph`` change only float round-off, not the method, so a resume may switch
+# them. A resume may change ``time_budget_s`` too: the rest of the schedule follows the new budget
+# (or the step count).
+_BOOKKEEPING = ("eval_every", "eval_members", "checkpoint_every", "time_budget_s", "strategy", "cuda_graph")
 
 
 def _math_config(d: dict) -> dict:

@@ -100,6 +100,12 @@ OUTPUTS = ("model.safetensors", "checkpoint.safetensors", "train_log.json")
     help="Stop after this many seconds of training (with --resume: in total); the learning rate "
     "anneals over the budget.",
 )
+@click.option(
+    "--cuda-graph",
+    is_flag=True,
+    help="Capture the training step once as a CUDA graph and replay it (fewer kernel launches; "
+    "GPU only, plain recipe: no --adversarial, --diversity or torchrun).",
+)
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.safetensors.")
 @click.option(
     "--dist-split",
@@ -120,8 +126,8 @@ OUTPUTS = ("model.safetensors", "checkpoint.safetensors", "train_log.json")
 def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, steps, nets_per_step,
           batch_size, lr, regulariser, beta, diversity, diversity_weight, adversarial, adv_eps,
           adv_steps, adv_alpha, trades_beta, noise_dim, code_dim, hidden,
-          no_mixer, eval_every, checkpoint_every, time_budget, resume, dist_split, dist_timeout, backbone,
-          backbone_weights, generate, seed, device, threads, quiet) -> None:  # fmt: skip
+          no_mixer, eval_every, checkpoint_every, time_budget, cuda_graph, resume, dist_split, dist_timeout,
+          backbone, backbone_weights, generate, seed, device, threads, quiet) -> None:  # fmt: skip
     """Train a HyperGAN on DATASET and save OUT/model.safetensors.
 
     With --backbone and --generate, the HyperGAN generates only the named head of your pretrained
@@ -167,7 +173,7 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
                               adv_alpha=adv_alpha, trades_beta=trades_beta,
                               noise_dim=noise_dim, code_dim=code_dim, hidden=hidden, mixer=not no_mixer,
                               eval_every=eval_every, checkpoint_every=checkpoint_every,
-                              time_budget=time_budget, checkpoint=ckpt, resume=resume,
+                              time_budget=time_budget, cuda_graph=cuda_graph, checkpoint=ckpt, resume=resume,
                               progress=not quiet, backbone=module, generate=names, dist=dist)  # fmt: skip
         if dist is not None:
             dist.barrier("the barrier before writing the model")
