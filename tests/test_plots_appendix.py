@@ -139,6 +139,10 @@ def test_mlp_rgb_and_strip_filters(tmp_path):
     reg = regression_1d()
     f_strip, info = first_layer_filters(SampledEnsemble(reg, reg.init_params(4)))
     assert f_strip.shape == (4, 1, 1, 1) and "strip" in info["kind"]
+    with pytest.raises(ValueError, match=r"index: expected a unit in \[0, 10\), got 10"):
+        first_layer_filters(ens, index=10)
+    with pytest.raises(ValueError, match="n: expected"):
+        first_layer_filters(ens, n=0)
     for name, arr in (("mlp.png", f), ("rgb.png", f_rgb), ("strip.png", f_strip)):
         _valid_png(plot_filters(arr, tmp_path / name, title=name))
     grid = plot_image_grid(np.random.default_rng(0).random((5, 3, 32, 32)), [f"H={i}" for i in range(5)],

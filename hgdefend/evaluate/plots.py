@@ -285,9 +285,11 @@ def first_layer_filters(ensemble: Any, n: int = PICTURE_NETWORKS, index: int = 0
     pname = "weight" if "weight" in g.shapes else next(iter(g.shapes))
     key = f"{g.name}.{pname}" if g.name else pname
     w = ensemble.params[key].detach().float().cpu().numpy()  # [K, out, ...]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise HgdefendError(f"n: expected a number of networks >= 1, got {n!r}")
     n = min(n, w.shape[0])
-    if not 0 <= index < w.shape[1]:
-        raise HgdefendError(f"plots: filter index {index} out of range for {w.shape[1]} units")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < w.shape[1]:
+        raise HgdefendError(f"index: expected a unit in [0, {w.shape[1]}), got {index!r}")
     f = w[:n, index]
     shape = tuple(int(v) for v in getattr(ensemble.target, "input_shape", ()) or ())
     if f.ndim == 4:  # [n, C_in, kh, kw]
