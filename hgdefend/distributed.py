@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -238,17 +239,24 @@ class Distributed:
     def _lost(self, what: str, exc: BaseException) -> DistributedError:
         lost = _silent_ranks(self.rank, self.world_size, min(5.0, self.timeout_s))
         if lost is None:
-            who = "the run's rendezvous store is gone too (rank 0 or the launcher stopped)"
+            who = "the run's store is unreachable too: rank 0 or the launcher that holds it is gone"
         elif lost:
             who = f"rank{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))} stopped answering"
         else:
             who = "every rank is still answering"
-        detail = " ".join(str(exc).split())[:300]
+        detail = _detail(exc)
         return DistributedError(
             f"distributed: {what} failed on rank {self.rank} of {self.world_size} ({who}; a rank "
             f"that crashed fails this at once, one that hangs after the {self.timeout_s:g} s "
             f"timeout): {detail}"
         )
+
+
+def _detail(exc: BaseException) -> str:
+    """The backend's message on one line, without its source location and boilerplate."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(str(exc).split()))
+    text = text.split(" This is typically caused by")[0]
+    return text if len(text) <= 240 else text[:239] + "…"
 
 
 def _dist() -> Any:
@@ -317,7 +325,7 @@ def init_distributed(
         try:
             d.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
         except (RuntimeError, ValueError) as exc:
-            detail = " ".join(str(exc).split())[:300]
+            detail = _detail(exc)
             raise DistributedError(
                 f"distributed: rank {rank} of {world} could not join the process group within "
                 f"{timeout_s:g} s ({backend}): {detail}"
@@ -326,19 +334,27 @@ def init_distributed(
 
 
 def _rank_device(device: str | torch.device | None, local_rank: int) -> torch.device:
-    from .training import resolve_device
-
+    """This rank's device (training.resolve_device's checks, with cuda meaning cuda:LOCAL_RANK;
+    not imported from there: training imports this module)."""
     if device in (None, "auto"):
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    dev = resolve_device(device)
-    if dev.type == "cuda":
-        if dev.index not in (None, local_rank):
-            raise HgdefendError(
-                f"device: under torchrun each rank uses cuda:LOCAL_RANK (here cuda:{local_rank}); "
-                f"give 'cuda' or 'auto', not {device!r}"
-            )
-        return resolve_device(f"cuda:{local_rank}")
-    return dev
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = torch.device("meta")  # refused below with the message every device check gives
+    if dev.type not in ("cpu", "cuda"):
+        raise HgdefendError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if dev.type == "cpu":
+        return dev
+    if dev.index not in (None, local_rank):
+        raise HgdefendError(
+            f"device: under torchrun each rank uses cuda:LOCAL_RANK (here cuda:{local_rank}); "
+            f"give 'cuda' or 'auto', not {device!r}"
+        )
+    if not torch.cuda.is_available() or local_rank >= torch.cuda.device_count():
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise HgdefendError(f"device: rank needs cuda:{local_rank}, and {n} CUDA device(s) are here")
+    return torch.device("cuda", local_rank)
 
 
 def sharded_map(fn: Callable[..., Any], *inputs: Tensor, dist: Distributed | None = None) -> Any:

@@ -314,6 +314,12 @@ def test_bad_arguments_name_the_argument(monkeypatch, digits):
         fake.check_config(TrainConfig(nets_per_step=4, diversity="repulsion", diversity_weight=1.0), 100)
     with pytest.raises(HgdefendError, match="time_budget_s"):
         fake.check_config(TrainConfig(nets_per_step=4, time_budget_s=10), 100)
+    from hgdefend.distributed import _rank_device
+
+    assert _rank_device("cpu", 1) == torch.device("cpu")
+    for bad in ("bogus", "meta", "cuda:1"):  # cuda:1 is never rank 0's device
+        with pytest.raises(HgdefendError, match="device"):
+            _rank_device(bad, 0)
     with pytest.raises(HgdefendError, match="batch_size: a minibatch of 33"):
         Distributed(0, 2, 0, torch.device("cpu"), "gloo", 5.0, "batch").check_config(
             TrainConfig(batch_size=33), 100
