@@ -35,22 +35,33 @@ def test_cuda_graph_is_refused_without_a_gpu_or_for_steps_that_draw_inside():
                 device="cuda", progress=False)  # fmt: skip
 
 
+def _train(spec, data, regulariser, graphed, steps=12):
+    hg = _hypergan(spec, regulariser)
+    start = {n: t.clone() for n, t in hg.state_dict().items()}
+    cfg = TrainConfig(steps=steps, nets_per_step=8, batch_size=32, pretrain_max_steps=5, strategy="grouped",
+                      cuda_graph=graphed)  # fmt: skip
+    result = Trainer(hg, data, cfg, device="cuda", progress=False).fit()
+    assert result.steps == steps
+    return {n: t.cpu() for n, t in start.items()}, {n: t.cpu() for n, t in hg.state_dict().items()}
+
+
 @cuda
 @pytest.mark.parametrize("regulariser", ["gan", "mmd", "none"])
-def test_graphed_training_equals_eager_training(regulariser):
-    """Same seed, 12 steps (capture after the first): the same weights within fp32 round-off."""
+def test_graphed_training_follows_eager_training(regulariser):
+    """Same seed, 12 steps (capture at the first): the graphed run follows the eager one.
+
+    Not bit for bit: cuDNN's backward kernels are not deterministic, and Adam's first steps are
+    close to ``lr · sign(gradient)``, so round-off in a near-zero gradient moves a weight by up to
+    ``lr``. So each weight tensor must end within 2 % of the distance training moved it; a graph
+    replaying stale inputs, a lost gradient or a skipped update would be off by about that distance."""
     spec = mnist_paper()
     data = _split(spec.input_shape)
-    models = []
-    for graphed in (False, True):
-        hg = _hypergan(spec, regulariser)
-        cfg = TrainConfig(steps=12, nets_per_step=8, batch_size=32, pretrain_max_steps=5, strategy="grouped",
-                          cuda_graph=graphed)  # fmt: skip
-        result = Trainer(hg, data, cfg, device="cuda", progress=False).fit()
-        assert result.steps == 12
-        models.append(hg.state_dict())
-    for name, eager in models[0].items():
-        assert torch.allclose(models[1][name], eager, rtol=1e-4, atol=1e-5), name
+    start, eager = _train(spec, data, regulariser, graphed=False)
+    _, graphed = _train(spec, data, regulariser, graphed=True)
+    for name, w in eager.items():
+        moved = float((w - start[name]).norm())
+        off = float((graphed[name] - w).norm())
+        assert off <= 0.02 * moved + 1e-6, f"{name}: {off:.3g} off after moving {moved:.3g}"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
