@@ -29,10 +29,13 @@ def test_security_md_quotes_measured_limits_from_results():
             "| hypergan | pgd | paper | 0.3 | entropy | – | 100.0 % | 7.0 % | 0.990 | 99.5 % | 0.5 %",
             "| fmnist | paper | 8292 | 99.38 % | 99.38 % | 0.9955 [0.9948, 0.9963]",
             "| fmnist | offdata:0.3 | 5315 | 99.26 % | 99.07 % | 0.9994 [0.9991, 0.9997]",
-            "| fmnist | deep-ensemble | — | 99.44 % | 99.33 % | 0.9950 [0.9941, 0.9958]")  # fmt: skip
+            "| fmnist | deep-ensemble | — | 99.44 % | 99.33 % | 0.9950 [0.9941, 0.9958]",
+            "| hypergan-adv | 4801 steps, 110 s | 95.98 % | 0.3 | 89.0 % | 8.3 % |",
+            "| deep-ensemble-adv | 110 s | 96.74 % | 0.3 | 90.3 % | 6.7 % |")  # fmt: skip
     for figure in rows:
         assert figure in results, figure  # the source row is still there
     quotes = ("TPR 99.5 %, missed and wrong 0.5 %", "missed and wrong **83.0 %**", "entropy AUROC 0.9955",
-              "deep ensemble (0.9950)", "offdata --diversity-weight 0.3` 0.9994")  # fmt: skip
+              "deep ensemble (0.9950)", "offdata --diversity-weight 0.3` 0.9994",
+              "the HyperGAN to **8.3 %** at eps 0.3", "deep ensemble to 6.7 %")  # fmt: skip
     for quoted in quotes:
         assert quoted in security, quoted
