@@ -119,7 +119,8 @@ def train(method: str, data, seed: int, args, dev: torch.device) -> tuple[Sample
     sync(dev)
     t0 = time.perf_counter()
     if method == "hypergan":
-        tm = train_model(data, seed=seed, device=dev, steps=args.steps, progress=False)
+        tm = train_model(data, seed=seed, device=dev, steps=args.steps, progress=False,
+                         cuda_graph=args.cuda_graph)  # fmt: skip
         sync(dev)
         info = {"steps": tm.training["steps"], "recipe": tm.training["recipe"]}
         ens = tm.hypergan.ensemble(args.members, seed=seed)
@@ -328,6 +329,7 @@ def main() -> None:
     p.add_argument("--data-root", default=str(DEFAULT_ROOT))
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cuda-graph", action="store_true", help="HyperGAN steps as a CUDA graph (GPU only)")
     p.add_argument("--quick", action="store_true", help="digits, a few steps (what the tests run)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args()
