@@ -8,9 +8,14 @@ seed: one process (no torch.distributed at all), then ``torchrun --standalone --
 once per split (``members``: each rank generates and evaluates ``nets_per_step / N`` networks on
 the whole minibatch; ``batch``: each rank evaluates all networks on ``batch_size / N`` inputs). The
 time per step is rank 0's wall clock over the steps after ``--warmup``, all ranks in lock-step (every
-step ends in a gradient all-reduce). ``same_model_max_abs_diff`` is the largest weight difference
-between the one-process and the N-process models: the check that both trained the same model.
-The machine's load average before and after is recorded: on a shared machine it moves the numbers.
+step ends in a gradient all-reduce). ``same_model_max_abs_diff_by_run`` is the largest weight
+difference from the one-process model, ``same_model_max_rel_diff_by_run`` the largest per-tensor
+``|w - w_one| / |w_one - w_init|``. For scale, the full run adds a control, ``one+roundoff``: one
+process whose generator gradients are multiplied by ``1 + 1e-7 * N(0, 1)`` every step, i.e. what
+float32 round-off alone does after Adam (which divides each gradient by its running RMS, so round-off
+in near-zero gradients becomes updates of up to the learning rate). ``test_1000`` is a 10-network
+ensemble's accuracy on the first 1,000 test inputs, for every model. The machine's load average
+before and after is recorded: on a shared machine it moves the numbers.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ def _worker(args: argparse.Namespace) -> None:
     from hgdefend.distributed import init_distributed
     from hgdefend.hypergan import HyperGAN
     from hgdefend.recipes import default_recipe, default_target
-    from hgdefend.training import Trainer
+    from hgdefend.training import Trainer, quick_eval
 
     torch.set_num_threads(1)
     dist = init_distributed(device="cpu", split=args.split)
@@ -53,6 +58,18 @@ def _worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     hg = HyperGAN(default_target(data), **hp)
     trainer = Trainer(hg, train, cfg, device="cpu", progress=False, dist=dist)
+    init = {k: v.detach().clone() for k, v in hg.state_dict().items()}
+    if args.perturb:  # the round-off control: every generator gradient times (1 + perturb * N(0, 1))
+        noise, adam_step = torch.Generator().manual_seed(1), trainer.opt_g.step
+
+        def perturbed_step(*a: object, **kw: object) -> object:
+            for group in trainer.opt_g.param_groups:
+                for q in group["params"]:
+                    if q.grad is not None:
+                        q.grad.mul_(1 + args.perturb * torch.randn(q.grad.shape, generator=noise))
+            return adam_step(*a, **kw)
+
+        trainer.opt_g.step = perturbed_step
     stamps: list[float] = []
     step_fn = trainer._step
 
@@ -66,13 +83,17 @@ def _worker(args: argparse.Namespace) -> None:
     if dist is None or dist.is_main:
         timed_steps = len(stamps) - 1 - args.warmup
         seconds = stamps[-1] - stamps[args.warmup]
-        torch.save({k: v.detach() for k, v in hg.state_dict().items()}, Path(args.result).with_suffix(".pt"))
+        final = {k: v.detach() for k, v in hg.state_dict().items()}
+        torch.save({"init": init, "final": final}, Path(args.result).with_suffix(".pt"))
+        test = Split(data.test.x[:1000], data.test.y[:1000])
+        acc = quick_eval(hg.ensemble(10, seed=1), test, data.task)
         Path(args.result).write_text(json.dumps({
             "processes": 1 if dist is None else dist.world_size,
-            "split": None if dist is None else dist.split,
+            "split": None if dist is None else dist.split, "gradient_perturbation": args.perturb,
             "nets_per_step": cfg.nets_per_step, "batch_size": cfg.batch_size,
             "train_inputs": len(train), "timed_steps": timed_steps,
             "seconds": round(seconds, 3), "seconds_per_step": seconds / timed_steps,
+            "test_1000": {k: round(v, 4) for k, v in acc.items()},
         }))  # fmt: skip
     if dist is not None:
         dist.close()
@@ -99,6 +120,7 @@ def main() -> None:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--split", default="members", help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--perturb", type=float, default=0.0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return _worker(args)
@@ -118,6 +140,8 @@ def main() -> None:
     runs, weights = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         plan = [("one", [sys.executable, script, *common])]
+        if not args.quick:  # what float round-off alone does to the weights (see the docstring)
+            plan.append(("one+roundoff", [sys.executable, script, *common, "--perturb", "1e-7"]))
         for split in args.splits.split(","):
             launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                         f"--nproc-per-node={args.nproc}"]  # fmt: skip
@@ -128,19 +152,21 @@ def main() -> None:
             runs.append(json.loads(result.read_text()))
             weights[name] = torch.load(result.with_suffix(".pt"))
     one = runs[0]["seconds_per_step"]
-    diffs = {
-        name: max(float((weights["one"][k] - w[k]).abs().max()) for k in w)
-        for name, w in weights.items()
-        if name != "one"
-    }
-    speedups = {r["split"]: round(one / r["seconds_per_step"], 3) for r in runs[1:]}
+    ref, start = weights["one"]["final"], weights["one"]["init"]
+    diffs = {name: max(float((ref[k] - w["final"][k]).abs().max()) for k in ref)
+             for name, w in weights.items() if name != "one"}  # fmt: skip
+    rel = {name: max(float((ref[k] - w["final"][k]).norm() / (ref[k] - start[k]).norm()) for k in ref)
+           for name, w in weights.items() if name != "one"}  # fmt: skip
+    speedups = {r["split"]: round(one / r["seconds_per_step"], 3) for r in runs if r["processes"] > 1}
     record = run_record("distributed_speed", args, torch.device("cpu"), started)
     record["device_name"] = f"{os.cpu_count()}-core CPU, 1 torch thread per process (gloo)"
     emit({**record, "loadavg_before": [round(v, 2) for v in load_before],
           "loadavg_after": [round(v, 2) for v in os.getloadavg()],
           "runs": runs, "speedup_by_split": speedups, "speedup": max(speedups.values()),
-          "same_model_max_abs_diff_by_split": diffs,
-          "same_model_max_abs_diff": max(diffs.values())}, args.out)  # fmt: skip
+          "same_model_max_abs_diff_by_run": diffs,
+          "same_model_max_rel_diff_by_run": rel,
+          "same_model_max_abs_diff": max(v for k, v in diffs.items() if k != "one+roundoff")},
+         args.out)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -83,8 +83,13 @@ def test_two_processes_train_the_same_model_as_one(tmp_path, digits, split):
     torch.manual_seed(3)  # the initial weights, as train_model draws them
     init = {k: v.clone() for k, v in HyperGAN(digits_small(), noise_dim=64, code_dim=32,
                                                hidden=128).state_dict().items()}  # fmt: skip
-    one = train_model(digits, seed=3, device="cpu", steps=STEPS, progress=False).hypergan.state_dict()
-    other = train_model(digits, seed=4, device="cpu", steps=STEPS, progress=False).hypergan.state_dict()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank: the same kernels, whatever HGDEFEND_TEST_THREADS says
+    try:
+        one = train_model(digits, seed=3, device="cpu", steps=STEPS, progress=False).hypergan.state_dict()
+        other = train_model(digits, seed=4, device="cpu", steps=STEPS, progress=False).hypergan.state_dict()
+    finally:
+        torch.set_num_threads(threads)
 
     diff = _max_diff(one, two)
     assert diff <= SAME_ATOL, f"2 processes vs 1: max |Δw| = {diff:.3g} > {SAME_ATOL}"
