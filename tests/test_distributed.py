@@ -339,6 +339,9 @@ def test_dist_options_need_torchrun(tmp_path):
     env = {"RANK": None, "WORLD_SIZE": None}
     res = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "o"), "--dist-split", "batch"], env=env)
     assert res.exit_code != 0 and "only for a run started by torchrun" in res.output
+    for bad in ("0", "-1", "nan", "inf"):
+        res = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "o"), "--dist-timeout", bad], env=env)
+        assert res.exit_code == 2 and "--dist-timeout: expected" in res.output, res.output
 
 
 # ------------------------------------------------------------------ the benchmark

@@ -138,12 +138,14 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
     train one HyperGAN together (hgdefend.distributed) and rank 0 writes the files.
     """
     from ..data import load_data
-    from ..distributed import init_distributed, launched
+    from ..distributed import check_timeout, init_distributed, launched
     from ..fileio import FolderLock, atomic_write, check_output
     from ..io import save_model
     from ..recipes import train_model
     from ..training import resolve_device
 
+    if dist_timeout is not None:
+        check_timeout(dist_timeout, "--dist-timeout")
     if not launched() and (dist_split is not None or dist_timeout is not None):
         raise CLIError("--dist-split/--dist-timeout: only for a run started by torchrun")
     dist = init_distributed(device=device, timeout_s=dist_timeout, split=dist_split or "members")
