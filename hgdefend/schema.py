@@ -162,7 +162,7 @@ def check_target(cfg: object, where: str = "target") -> dict:
             t,
             where,
             required=("num_outputs", "param_shapes", *head),
-            allowed=("kind", "name", "input_shape", "task"),
+            allowed=("kind", "name", "input_shape", "task", *(("compact",) if kind == "head" else ())),
         )
         if kind == "head":
             _check_head(t, where)
@@ -183,6 +183,14 @@ def _check_head(t: dict, where: str) -> None:
         raise SchemaError(f"{where}.generate: expected a list of 1 to {MAX_LAYERS} submodule names")
     for i, n in enumerate(names):
         string(n, f"{where}.generate[{i}]")
+    if "compact" in t:  # how each generated name is parametrised (HeadTarget's compact=)
+        compact = obj(t["compact"], f"{where}.compact")
+        if set(compact) != set(names):
+            raise SchemaError(f"{where}.compact: expected one mode per generated name")
+        for n, mode in compact.items():
+            string(mode, f"{where}.compact[{str(n)[:40]!r}]", max_len=16)
+            if not re.fullmatch(r"full|scales|lowrank:[1-9][0-9]{0,3}", mode):
+                raise SchemaError(f"{where}.compact[{str(n)[:40]!r}]: expected full, scales or lowrank:R")
     sha = string(t["backbone_sha256"], f"{where}.backbone_sha256", max_len=64)
     if not re.fullmatch(r"[0-9a-f]{64}", sha):
         raise SchemaError(f"{where}.backbone_sha256: expected 64 lowercase hex digits")

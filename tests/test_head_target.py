@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -269,3 +270,260 @@ def test_the_art_estimator_works_on_a_head_model(digits):
     assert probs.shape == (16, 10) and np.all(np.isfinite(probs))
     x_adv = FastGradientMethod(clf, eps=0.2).generate(x)
     assert np.abs(x_adv - x).max() <= 0.2 + 1e-6 and not np.allclose(x_adv, x)
+
+
+# ------------------------------------------------------------------ compact parametrisations of a block
+def block_cnn(seed: int = 0) -> nn.Sequential:
+    """conv → BN → relu → [conv → BN → relu → flatten → linear]: the last block and head generated."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(6 * 64, 10))  # fmt: skip
+    with torch.no_grad():
+        for bn in (model[1], model[4]):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+class TinyResNet(nn.Module):
+    """torchvision's ResNet layout (layer4 → avgpool → flatten → fc in forward, not a Sequential)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.layer4 = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer4(torch.relu(self.stem(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+BLOCK = ["3", "4", "7"]  # block_cnn's last conv, its BatchNorm and the linear head
+COMPACT = ["scales", "lowrank:2"]
+
+
+def materialised(model: nn.Module, params: dict, i: int) -> dict:
+    """Member i's weights of the whole model, written out from the generated tensors' meaning:
+    ``P_scale`` → W·(1+γ) per output row, ``P_u``/``P_v`` → W + U V, anything else → W + Δ."""
+    state = dict(model.named_parameters())
+    member: dict = {}
+    for key, t in params.items():
+        for suffix in ("_scale", "_u", "_v"):
+            if key.endswith(suffix) and key[: -len(suffix)] in state:
+                name = key[: -len(suffix)]
+                w = state[name]
+                if suffix == "_scale":
+                    member[name] = w * (1 + t[i]).view(-1, *([1] * (w.dim() - 1)))
+                elif suffix == "_u":
+                    member[name] = w + (t[i] @ params[name + "_v"][i]).view(w.shape)
+                break
+        else:
+            member[key] = state[key] + t[i]
+    return member
+
+
+def compact_reference(model: nn.Module, params: dict, x: torch.Tensor) -> torch.Tensor:
+    """Each member as the user's whole model with materialised weights, one at a time."""
+    model = model.eval()
+    k = next(iter(params.values())).shape[0]
+    return torch.stack([torch.func.functional_call(model, materialised(model, params, i), (x,))
+                        for i in range(k)])  # fmt: skip
+
+
+def generated_numbers(target: HeadTarget) -> int:
+    return sum(math.prod(s) for g in target.param_groups for s in g.shapes.values())
+
+
+@pytest.mark.parametrize("compact", COMPACT)
+def test_each_compact_mode_starts_exactly_at_the_users_model(compact):
+    model = block_cnn()
+    t = HeadTarget(model, BLOCK, (1, 8, 8), compact=compact)
+    x = torch.rand(16, 1, 8, 8)
+    with torch.no_grad():
+        want = model(x)
+        got = SampledEnsemble(t, t.zero_offsets(3)).forward_logits(x)
+    torch.testing.assert_close(got, want.expand(3, -1, -1), atol=1e-6, rtol=0)
+    for tgt in (t, HeadTarget(TinyResNet(), ["layer4", "fc"], (1, 8, 8), compact=compact)):
+        assert any(not k.endswith(("bias", ".weight")) for k in tgt.config()["param_shapes"])
+
+
+@pytest.mark.parametrize("compact", COMPACT)
+def test_compact_members_in_one_batched_call_equal_a_loop_and_the_materialised_model(compact):
+    model = block_cnn()
+    t = HeadTarget(model, BLOCK, (1, 8, 8), compact=compact)
+    x = torch.rand(6, 1, 8, 8)
+    p = offsets(t, 4, 0.2)
+    with torch.no_grad():
+        batched = t.forward(p, x, strategy="vmap")
+        assert batched.shape == (4, 6, 10)
+        torch.testing.assert_close(batched, t.forward(p, x, strategy="loop"), atol=1e-5, rtol=0)
+        torch.testing.assert_close(batched, compact_reference(model, p, x), atol=1e-5, rtol=0)
+        assert (batched - model(x)).abs().max() > 1e-2  # the generated tensors do change the members
+        init = t.init_params(3, torch.Generator().manual_seed(0))
+        torch.testing.assert_close(t.forward(init, x), compact_reference(model, init, x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("compact", ["full", *COMPACT])
+def test_a_block_and_head_that_are_not_one_sequential_are_traced(compact):
+    """ResNet's layout: ``layer4`` and ``fc`` are children of the model, joined by its forward."""
+    model = TinyResNet().eval()
+    t = HeadTarget(model, ["layer4", "fc"], (1, 8, 8), compact=compact)
+    x = torch.rand(5, 1, 8, 8)
+    p = offsets(t, 3, 0.2)
+    calls = []
+    t.module.stem.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        got = t.forward(p, x)
+        torch.testing.assert_close(got, compact_reference(model, p, x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(got, t.forward(p, x, strategy="loop"), atol=1e-5, rtol=0)
+    assert len(calls) == 2  # the frozen stem ran once per forward, whatever K
+
+
+def test_a_skip_connection_around_the_generated_part_is_refused():
+    class Skip(TinyResNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            s = self.stem(x)  # used after layer4, though layer4's input is relu(s)
+            return self.fc(torch.flatten(self.avgpool(self.layer4(torch.relu(s)) + s.repeat(1, 2, 1, 1)), 1))
+
+    with pytest.raises(HgdefendError, match="generate: .*computed before it"):
+        HeadTarget(Skip(), ["layer4", "fc"], (1, 8, 8), compact="scales")
+
+
+def test_a_weight_read_without_calling_its_layer_is_materialised():
+    """A parent that reads ``lin.weight`` itself (as nn.MultiheadAttention does with out_proj) never
+    calls the layer: its member weights are written out instead of computed by a wrapper."""
+
+    class Direct(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(3)
+            self.body, self.lin = nn.Flatten(), nn.Linear(64, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.linear(self.body(x), self.lin.weight, self.lin.bias)
+
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = Direct()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(x)
+
+    model = Outer()
+    for compact in COMPACT:
+        t = HeadTarget(model, ["head"], (1, 8, 8), compact=compact)
+        x = torch.rand(3, 1, 8, 8)
+        p = offsets(t, 2, 0.3)
+        with torch.no_grad():
+            torch.testing.assert_close(t.forward(p, x), compact_reference(model, p, x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("compact", COMPACT)
+def test_training_a_compact_block_leaves_the_frozen_part_bitwise_unchanged(digits, compact):
+    model = block_cnn()
+    before = state_copy(model)
+    t = HeadTarget(model, BLOCK, (1, 8, 8), compact=compact)
+    assert same_state(state_copy(t.module), before)  # the wrappers add no state
+    torch.manual_seed(0)
+    hg = HyperGAN(t, **TINY)
+    first = hg.sample_frozen(2, seed=0)
+    cfg = TrainConfig(steps=4, nets_per_step=4, batch_size=16, pretrain_max_steps=2)
+    Trainer(hg, digits.train, cfg, device="cpu", progress=False).fit()
+    assert same_state(state_copy(t.module), before)  # BN running statistics and the block's weights
+    assert same_state(state_copy(model), before)
+    assert not t.module.training and all(not p.requires_grad for p in t.module.parameters())
+    after = hg.sample_frozen(2, seed=0)
+    assert any(not torch.equal(first[n], after[n]) for n in first)
+
+
+@pytest.mark.parametrize("compact", COMPACT)
+def test_a_compact_config_round_trips_through_the_model_file(tmp_path, compact):
+    t = HeadTarget(block_cnn(), BLOCK, (1, 8, 8), compact={"3": compact})
+    cfg = t.config()
+    assert cfg["compact"] == {"3": compact, "4": "full", "7": "full"}
+    assert check_target(dict(cfg)) == cfg
+    with pytest.raises(SchemaError, match=r"target.compact\['3'\]: expected full, scales or lowrank:R"):
+        check_target({**cfg, "compact": {**cfg["compact"], "3": "lowrank:0"}})
+    with pytest.raises(SchemaError, match="target.compact: expected one mode per generated name"):
+        check_target({**cfg, "compact": {"3": compact}})
+    assert "compact" not in HeadTarget(block_cnn(), BLOCK, (1, 8, 8)).config()  # full: files as before
+    torch.manual_seed(0)
+    hg = HyperGAN(t, **TINY)
+    path = tmp_path / "compact.safetensors"
+    save_model(path, hg)
+    loaded = load_model(path, module=block_cnn()).hypergan
+    assert loaded.target.compact == t.compact and loaded.target.config() == cfg
+    x = torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.ensemble(3).forward_logits(x), hg.ensemble(3).forward_logits(x))
+
+
+@pytest.mark.parametrize(
+    ("compact", "message"),
+    [
+        ("lowrank", r"^compact: expected 'full', 'scales' or 'lowrank:R'"),
+        ("lowrank:0", r"^compact: expected .* got 'lowrank:0'"),
+        ("scale", r"^compact: expected .* got 'scale'"),
+        (3, r"^compact: expected a mode"),
+        ({"fc": "scales"}, r"^compact: names \['fc'\] that generate does not"),
+        ({"3": "lowrank:x"}, r"^compact\['3'\]: expected"),
+    ],
+)
+def test_a_wrong_compact_value_is_a_clear_error(compact, message):
+    with pytest.raises(HgdefendError, match=message):
+        HeadTarget(block_cnn(), BLOCK, (1, 8, 8), compact=compact)
+
+
+def test_scales_generate_a_number_per_channel_not_per_parameter():
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Conv2d(1, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))  # fmt: skip
+    names = ["1", "2", "5"]
+    full = HeadTarget(wide, names, (1, 8, 8))
+    scales = HeadTarget(wide, names, (1, 8, 8), compact="scales")
+    low = HeadTarget(wide, names, (1, 8, 8), compact="lowrank:2")
+    # conv: 64 scales + 64 bias offsets; BN: 2 × 64 offsets; linear: 10 scales + 10 bias offsets
+    assert generated_numbers(scales) == 64 + 64 + 2 * 64 + 10 + 10
+    assert generated_numbers(full) == 64 * 64 * 9 + 64 + 2 * 64 + 10 * 64 + 10
+    assert generated_numbers(low) == 2 * (64 + 64 * 9) + 64 + 2 * 64 + 2 * (10 + 64) + 10
+
+    def generators(t: HeadTarget) -> int:
+        return sum(p.numel() for p in HyperGAN(t, **TINY).generator_parameters())
+
+    assert generators(scales) * 50 < generators(full)
+
+
+@pytest.mark.parametrize("compact", COMPACT)
+def test_input_gradients_flow_through_a_compact_block(compact):
+    model = block_cnn()
+    t = HeadTarget(model, BLOCK, (1, 8, 8), compact=compact)
+    ens = SampledEnsemble(t, offsets(t, 3, 0.1))
+    x = torch.rand(8, 1, 8, 8).requires_grad_(True)
+    ens.forward_logits(x).logsumexp(-1).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in t.module.parameters())
+
+
+@pytest.mark.parametrize("compact", ["full", *COMPACT])
+def test_onnx_export_of_a_generated_block_holds_parity(tmp_path, compact):
+    """The graph computes the members' block (BatchNorm included) from the frozen weights and the
+    generated tensors; the exporter's parity check (onnxruntime vs torch, batches 1 and 7) must pass."""
+    pytest.importorskip("onnxruntime")
+    from hgdefend.export import export_onnx, run_onnx
+
+    model = TinyResNet().eval()
+    t = HeadTarget(model, ["layer4", "fc"], (1, 8, 8), compact=compact)
+    ens = SampledEnsemble(t, offsets(t, 3, 0.2), value_range=(0.0, 1.0))
+    res = export_onnx(ens, None, tmp_path / "c.onnx", parity_inputs=torch.rand(4, 1, 8, 8))
+    assert res.members == 3 and res.max_abs_prob_diff < 1e-4
+    x = torch.rand(6, 1, 8, 8)
+    got = run_onnx(tmp_path / "c.onnx", x.numpy())
+    with torch.no_grad():
+        want = compact_reference(model, ens.params, x).softmax(-1).mean(0)
+    torch.testing.assert_close(torch.as_tensor(got["probabilities"]), want, atol=1e-4, rtol=0)
