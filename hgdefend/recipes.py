@@ -6,7 +6,7 @@ same seed gives the same weights whichever command trains.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,17 +40,22 @@ def default_spec(data: DataSplits) -> TargetSpec:
 
 
 def default_target(
-    data: DataSplits, backbone: nn.Module | None = None, generate: Sequence[str] | None = None
+    data: DataSplits,
+    backbone: nn.Module | None = None,
+    generate: Sequence[str] | None = None,
+    compact: str | Mapping[str, str] | None = None,
 ) -> Target:
     """:func:`default_spec`, or with ``backbone`` a :class:`HeadTarget` generating ``generate`` of it
-    (its outputs must be the dataset's classes)."""
+    (its outputs must be the dataset's classes), parametrised as ``compact`` (None: ``"full"``)."""
     if backbone is None:
         if generate is not None:
             raise HgdefendError("generate: names the head of a backbone; give the backbone too")
+        if compact is not None:
+            raise HgdefendError("compact: parametrises the generated part of a backbone; give one too")
         return default_spec(data)
     if generate is None:
         raise HgdefendError("generate: name the backbone's submodules to generate, e.g. ['fc']")
-    target = HeadTarget(backbone, generate, data.input_shape, task=data.task)
+    target = HeadTarget(backbone, generate, data.input_shape, task=data.task, compact=compact or "full")
     if data.task == "classification" and target.num_outputs != data.num_classes:
         raise HgdefendError(
             f"backbone: gives {target.num_outputs} outputs, the dataset (with its classes) has "
@@ -123,13 +128,15 @@ def train_model(
     backbone: nn.Module | None = None,
     generate: Sequence[str] | None = None,
     dist: Distributed | None = None,
+    compact: str | Mapping[str, str] | None = None,
 ) -> TrainedModel:
     """Build the default HyperGAN for ``data`` (:func:`default_spec`, :func:`default_recipe`) and train it.
 
     With ``backbone`` (a pretrained ``nn.Module``), the target is
     ``HeadTarget(backbone, generate, data.input_shape)`` instead: only the submodules named in
-    ``generate`` are generated (:class:`~hgdefend.targets.HeadTarget`); the HyperGAN's sizes and the
-    training recipe are the dataset's as before.
+    ``generate`` are generated (:class:`~hgdefend.targets.HeadTarget`, parametrised as ``compact``:
+    ``"scales"`` or ``"lowrank:R"`` for a whole block); the HyperGAN's sizes and the training recipe
+    are the dataset's as before.
 
     ``None`` keeps the recipe's value. The calibration split is the validation set (evaluated every
     ``eval_every`` steps and at the end); ``checkpoint`` is written every ``checkpoint_every`` steps
@@ -141,7 +148,7 @@ def train_model(
     :func:`hgdefend.distributed.init_distributed`) trains across the ranks of a torchrun launch: the
     same model as one process; only rank 0 shows progress and writes the checkpoint.
     """
-    target = default_target(data, backbone, generate)
+    target = default_target(data, backbone, generate, compact)
     hp, cfg = default_recipe(data)
     hp.update({k: v for k, v in (("noise_dim", noise_dim), ("code_dim", code_dim), ("hidden", hidden)) if v})
     if not mixer:  # each generator reads its own slice of the noise

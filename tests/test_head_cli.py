@@ -241,3 +241,37 @@ def test_evaluate_onnx_of_a_head_export_without_its_backbone(files, head_model, 
 def test_evaluate_backbone_needs_a_model_or_an_onnx_file(files, tmp_path):
     line = one_error_line(run("evaluate", *backbone_args(files), "--out", tmp_path / "r"))
     assert "--backbone" in line and "--model" in line and "--onnx" in line
+
+
+# ------------------------------------------------------------------ --compact: a block as scales / low rank
+def test_train_with_compact_records_the_modes_and_loads_back(files, tmp_path):
+    from hgdefend import load_model
+
+    out = tmp_path / "compact"
+    res = run("train", "--dataset", "digits", *backbone_args(files), "--generate", "0,3", "--compact",
+              "0=scales,3=lowrank:2", "--steps", "3", "--quiet", "--threads", "1", "--out", out)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = run("info", "-m", out / "model.safetensors", *backbone_args(files), "--json")
+    assert res.exit_code == 0, res.output
+    target = json.loads(res.output)["config"]["target"]
+    assert target["compact"] == {"0": "scales", "3": "lowrank:2"}
+    assert target["param_shapes"]["0.weight_scale"] == [4] and target["param_shapes"]["3.weight_u"] == [10, 2]
+    module = load_backbone(f"{files / 'net.py'}:build", files / "w.safetensors")
+    loaded = load_model(out / "model.safetensors", module=module).hypergan
+    assert loaded.target.compact == {"0": "scales", "3": "lowrank:2"}
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--generate", "0,3", "--compact", "lowrank:0"], "--compact: expected 'full', 'scales' or 'lowrank"),
+        (["--generate", "0,3", "--compact", "scale"], "--compact: expected 'full', 'scales'"),
+        (["--generate", "0,3", "--compact", "fc=scales"], "--compact: expected a mode, or NAME=MODE"),
+        (["--generate", "0,3", "--compact", "0=lowrank:x"], "--compact 0: expected 'full'"),
+        (["--compact", "scales"], "--generate"),
+    ],
+)
+def test_a_bad_compact_value_is_one_line_naming_compact(files, tmp_path, extra, words):
+    line = one_error_line(run("train", "--dataset", "digits", *backbone_args(files), *extra, "--steps", "1",
+                              "--out", tmp_path / "o"))  # fmt: skip
+    assert words in line

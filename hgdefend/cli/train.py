@@ -120,6 +120,12 @@ OUTPUTS = ("model.safetensors", "checkpoint.safetensors", "train_log.json")
     default=None,
     help="Under torchrun: seconds a rank waits for the others before the run fails [default: 300].",
 )
+@click.option(
+    "--compact", default=None, metavar="MODE",
+    help="With --generate: how the generated part is parametrised: full (an offset per weight, the "
+    "default), scales (a scale per output channel of each layer: for a whole block such as layer4) or "
+    "lowrank:R (rank-R offsets); one mode for all names, or per name: layer4=scales,fc=full.",
+)  # fmt: skip
 @backbone_options(generate=True)
 @common_options
 @friendly_errors
@@ -127,7 +133,7 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
           batch_size, lr, regulariser, beta, diversity, diversity_weight, adversarial, adv_eps,
           adv_steps, adv_alpha, trades_beta, noise_dim, code_dim, hidden,
           no_mixer, eval_every, checkpoint_every, time_budget, cuda_graph, resume, dist_split, dist_timeout,
-          backbone, backbone_weights, generate, seed, device, threads, quiet) -> None:  # fmt: skip
+          compact, backbone, backbone_weights, generate, seed, device, threads, quiet) -> None:  # fmt: skip
     """Train a HyperGAN on DATASET and save OUT/model.safetensors.
 
     With --backbone and --generate, the HyperGAN generates only the named head of your pretrained
@@ -153,6 +159,7 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
         threads = max(1, default_threads() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     set_threads(threads)
     names = _generate_names(generate, backbone)
+    modes = _compact_modes(compact, names)
     dev = dist.device if dist is not None else resolve_device(device)
     out = check_output(out_dir, name="--out")
     for name in OUTPUTS:  # before training: a link planted at a name we write is refused now
@@ -176,7 +183,8 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
                               noise_dim=noise_dim, code_dim=code_dim, hidden=hidden, mixer=not no_mixer,
                               eval_every=eval_every, checkpoint_every=checkpoint_every,
                               time_budget=time_budget, cuda_graph=cuda_graph, checkpoint=ckpt, resume=resume,
-                              progress=not quiet, backbone=module, generate=names, dist=dist)  # fmt: skip
+                              progress=not quiet, backbone=module, generate=names, dist=dist,
+                              compact=modes)  # fmt: skip
         if dist is not None:
             dist.barrier("the barrier before writing the model")
             if not dist.is_main:
@@ -211,3 +219,25 @@ def _generate_names(generate: str | None, backbone: str | None) -> list[str] | N
     if not all(names):
         raise CLIError(f"--generate: expected a comma list of submodule names like fc, got {generate!r}")
     return names
+
+
+def _compact_modes(compact: str | None, names: list[str] | None) -> str | dict[str, str] | None:
+    """``--compact scales`` (every generated name) or ``--compact layer4=scales,fc=full``."""
+    if compact is None:
+        return None
+    if names is None:
+        raise CLIError("--compact: needs --generate (it parametrises the generated submodules)")
+    from ..targets.head import check_compact_mode
+
+    if "=" not in compact:
+        return check_compact_mode(compact.strip(), "--compact")
+    modes: dict[str, str] = {}
+    for item in compact.split(","):
+        name, eq, mode = (part.strip() for part in item.partition("="))
+        if not eq or name not in names or name in modes:
+            raise CLIError(
+                f"--compact: expected a mode, or NAME=MODE for names of --generate ({','.join(names)}) "
+                f"each at most once, got {compact!r}"
+            )
+        modes[name] = check_compact_mode(mode, f"--compact {name}")
+    return modes
