@@ -34,6 +34,8 @@ threshold. Obfuscation check: APGD-CE's accuracy at a large eps (``--check-eps``
     python benchmarks/protect_fmnist.py --budget 60 --device cuda --out R.json
     python benchmarks/protect_fmnist.py --budget 120 --threads 1 --out R.json   # CPU
     python benchmarks/protect_fmnist.py --quick        # a few hundred images, a few steps (tests)
+    python benchmarks/protect_fmnist.py --methods single,head-hypergan --protocols mnist \
+        --attack-protocols '' --generate 3,8,10 --compact 3=scales   # the last conv block too
     python benchmarks/protect_fmnist.py --table R.json # the RESULTS.md tables of a run
 """
 
@@ -100,7 +102,8 @@ def user_model(data, args, dev: torch.device, folder: Path) -> tuple[torch.nn.Mo
         **info,
         "seconds": round(info["seconds"], 1),
         "backbone": f"fmnist_cnn.py:{build}",
-        "generate": fmnist_cnn.HEAD,
+        "generate": args.generate,
+        "compact": args.compact,
     }
 
 
@@ -145,7 +148,8 @@ def protect(method: str, backbone, data, args, dev: torch.device, budget: float 
             diversity=div,
             diversity_weight=(float(w) if w else 1.0) if div != "none" else 0.0,
             backbone=backbone if head else None,
-            generate=fmnist_cnn.HEAD if head else None,
+            generate=args.generate if head else None,
+            compact=args.compact if head else None,
         )
         hg = tm.hypergan
         sync(dev)
@@ -154,6 +158,7 @@ def protect(method: str, backbone, data, args, dev: torch.device, budget: float 
             "train_seconds": tm.training["seconds"],
             "steps": tm.training["steps"],
             "generated_parameters": _count(hg.target),
+            "generator_parameters": sum(p.numel() for p in hg.generator_parameters()),
             "diversity": div,
             "recipe": tm.training["recipe"],
         }
@@ -164,7 +169,7 @@ def protect(method: str, backbone, data, args, dev: torch.device, budget: float 
             "hypergan": hg,
         }
         return model, info
-    target = HeadTarget(backbone, fmnist_cnn.HEAD, data.input_shape).to(dev)
+    target = HeadTarget(backbone, args.generate, data.input_shape, compact=args.compact).to(dev)
     trained = _Reinit(target) if method == "head-ensemble-reinit" else target
     cfg = TrainConfig(
         steps=steps, batch_size=args.batch_size, lr=args.member_lr, time_budget_s=budget, seed=args.seed
@@ -450,6 +455,16 @@ def main() -> None:
     p.add_argument("--nets-per-step", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--member-lr", type=float, default=1e-3, help="deep ensemble of heads")
+    p.add_argument(
+        "--generate",
+        default=",".join(fmnist_cnn.HEAD),
+        help="the CNN's generated submodules (head methods); e.g. 3,8,10: the last conv too",
+    )
+    p.add_argument(
+        "--compact",
+        default="full",
+        help="HeadTarget's compact=: MODE, or NAME=MODE,... (e.g. 3=scales, 3=lowrank:4)",
+    )
     p.add_argument("--head-diversity", default="offdata:1", help="OBJECTIVE[:WEIGHT] or none")
     p.add_argument("--full-diversity", default="none", help="the default recipe has none")
     p.add_argument("--members", type=int, default=100, help="sampled networks that score (HyperGANs)")
@@ -485,6 +500,11 @@ def main() -> None:
     for loss in args.attack_losses:
         if loss not in ("ce", "dlr"):
             raise SystemExit(f"--attack-losses: expected ce and/or dlr, got {loss!r}")
+    args.generate = [n.strip() for n in args.generate.split(",") if n.strip()]
+    if "=" in args.compact:
+        args.compact = {
+            n.strip(): m.strip() for n, _, m in (i.partition("=") for i in args.compact.split(","))
+        }
     if args.heldout_budget is None:
         args.heldout_budget = args.budget / 2
     if args.quick:

@@ -241,7 +241,7 @@ class _FrozenBatchNorm(nn.Module):
 def _freeze_batchnorms(head: nn.Module) -> None:
     """Swap the head's BatchNorms that have running statistics for :class:`_FrozenBatchNorm`."""
     for q, m in list(head.named_modules()):
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+        if q and isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
             parent, _, leaf = q.rpartition(".")
             setattr(head.get_submodule(parent), leaf, _FrozenBatchNorm(m))
 
