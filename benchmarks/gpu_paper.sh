@@ -8,16 +8,7 @@
 #   Table 2: 6 processes ({full, 5000} x seeds {0, 1, 2}), each HyperGAN (as a CUDA graph), deep
 #   ensemble and MC dropout at 10,000 steps; then Figures 3 and 4-5 beside them.
 set -u
-export PYTHONUNBUFFERED=1
-R=$PWD/.gpu_data/root
-for d in MNIST FashionMNIST; do
-  mkdir -p "$R/$d/raw"
-  for f in .gpu_data/t2/$d/*.gz; do gunzip -c "$f" > "$R/$d/raw/$(basename "${f%.gz}")"; done
-done
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=$PWD:/tmp/site
-W=$OUT/w; mkdir -p "$W"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$W/gpu.txt"; date -u | tee -a "$W/gpu.txt"
+. benchmarks/gpu_setup.sh
 for d in full 5000; do
   for s in 0 1 2; do
     timeout 420 python3 benchmarks/paper_table2.py --device cuda --cuda-graph --threads 2 --datasets "$d" \

@@ -6,17 +6,7 @@
 #   issue 18: GPU tests of the graphed step, gpu_check parts 1-5 (default attack section);
 #   issue 14: the TRADES-trained HyperGAN and deep ensemble, side by side at the same budget.
 set -u
-export PYTHONUNBUFFERED=1
-R=$PWD/.gpu_data/root
-for d in MNIST FashionMNIST; do
-  mkdir -p "$R/$d/raw"
-  for f in .gpu_data/t2/$d/*.gz; do gunzip -c "$f" > "$R/$d/raw/$(basename "${f%.gz}")"; done
-done
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=$PWD:/tmp/site
-W=$OUT/w; mkdir -p "$W"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$W/gpu.txt"
-date -u | tee -a "$W/gpu.txt"
+. benchmarks/gpu_setup.sh
 timeout 60 python3 -m pytest tests/test_graphed_step.py -q -p no:cacheprovider > "$W/pytest_graphed.txt" 2>&1
 echo "pytest rc=$?" | tee -a "$W/pytest_graphed.txt"
 timeout 190 python3 benchmarks/gpu_check.py --skip-compile --data-root "$R" --train-budget 60 \

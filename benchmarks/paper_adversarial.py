@@ -51,8 +51,8 @@ from hgdefend.ensemble import SampledEnsemble  # noqa: E402
 from hgdefend.evaluate import EvaluateOptions  # noqa: E402
 from hgdefend.evaluate.attacks import Method, run_method, sanity_check  # noqa: E402
 from hgdefend.evaluate.context import EvalContext  # noqa: E402
+from hgdefend.evaluate.plots import save_figure  # noqa: E402
 from hgdefend.evaluate.progress import bar  # noqa: E402
-from hgdefend.fileio import atomic_path  # noqa: E402
 from hgdefend.recipes import train_model  # noqa: E402
 from hgdefend.training import resolve_device  # noqa: E402
 
@@ -213,15 +213,6 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path, plt) -> None:
-    fig.tight_layout()
-    try:
-        with atomic_path(path, suffix=".png", name="plot") as tmp:
-            fig.savefig(tmp, dpi=80, format="png")
-    finally:
-        plt.close(fig)
-
-
 def plot_transfer(path: Path, shares: dict, judges: int) -> None:
     """Figure 4: histograms of the share of fresh networks an example crafted against one fools."""
     plt = _pyplot()
@@ -242,7 +233,7 @@ def plot_transfer(path: Path, shares: dict, judges: int) -> None:
     axes[0][0].set_ylabel("share of inputs")
     fig.suptitle(f"Examples crafted against one network, judged by {judges} fresh HyperGAN networks "
                  "(deep ensemble: its 9 other members)", fontsize=9)  # fmt: skip
-    _save(fig, path, plt)
+    save_figure(fig, path, dpi=80)
 
 
 def plot_detection(path: Path, sections: list[dict], target_fpr: float) -> None:
@@ -276,7 +267,7 @@ def plot_detection(path: Path, sections: list[dict], target_fpr: float) -> None:
             ax.set_xlabel("ensemble size N")
             ax.legend(fontsize=6)
         axes[i][0].set_ylabel(f"detected (TPR at {100 * target_fpr:g} % FPR)")
-    _save(fig, path, plt)
+    save_figure(fig, path, dpi=80)
 
 
 # --------------------------------------------------------------------------- tables

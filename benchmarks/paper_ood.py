@@ -43,7 +43,7 @@ from paper_table2 import METHODS  # noqa: E402
 from paper_table2 import train as train_method  # noqa: E402
 
 from hgdefend.detectors.scores import predictive_entropy  # noqa: E402
-from hgdefend.fileio import atomic_path  # noqa: E402
+from hgdefend.evaluate.plots import save_figure  # noqa: E402
 from hgdefend.training import resolve_device  # noqa: E402
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -130,12 +130,7 @@ def plot(path: Path, curves: dict[str, dict[str, dict]], title: str) -> None:
         ax.set_title(c["label"], fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    try:
-        with atomic_path(path, suffix=".png", name="plot") as tmp:
-            fig.savefig(tmp, dpi=80, format="png")
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 # --------------------------------------------------------------------------- over seeds, and the table

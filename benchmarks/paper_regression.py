@@ -28,7 +28,7 @@ from _common import emit, print_table, run_record  # noqa: E402
 
 from hgdefend import load_data  # noqa: E402
 from hgdefend.ensemble import SampledEnsemble  # noqa: E402
-from hgdefend.fileio import atomic_path  # noqa: E402
+from hgdefend.evaluate.plots import save_figure  # noqa: E402
 from hgdefend.recipes import default_recipe, train_model  # noqa: E402
 from hgdefend.training import resolve_device  # noqa: E402
 
@@ -98,12 +98,7 @@ def plot(path: Path, x: torch.Tensor, data, rows: list[dict], title: str) -> Non
         ax.set_xlabel("x")
     axes[0][0].legend(fontsize=7, loc="upper left")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    try:
-        with atomic_path(path, suffix=".png", name="plot") as tmp:
-            fig.savefig(tmp, dpi=80, format="png")
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def markdown_table(result: dict) -> str:

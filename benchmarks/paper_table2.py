@@ -120,7 +120,7 @@ def train(method: str, data, seed: int, args, dev: torch.device) -> tuple[Sample
     t0 = time.perf_counter()
     if method == "hypergan":
         tm = train_model(data, seed=seed, device=dev, steps=args.steps, progress=False,
-                         cuda_graph=args.cuda_graph)  # fmt: skip
+                         cuda_graph=getattr(args, "cuda_graph", False))  # fmt: skip
         sync(dev)
         info = {"steps": tm.training["steps"], "recipe": tm.training["recipe"]}
         ens = tm.hypergan.ensemble(args.members, seed=seed)

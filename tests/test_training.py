@@ -22,6 +22,20 @@ def _small(seed=0, **kw):
     return HyperGAN(digits_small(), noise_dim=16, code_dim=8, hidden=32, **kw)
 
 
+def _interrupted_fit(trainer, at_step):
+    """Fit until step ``at_step`` starts, then stop as Ctrl-C would (checkpoints written so far stay)."""
+    orig = trainer._step
+
+    def interrupting(step, g):
+        if step == at_step:
+            raise KeyboardInterrupt
+        return orig(step, g)
+
+    trainer._step = interrupting
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+
+
 def test_resume_from_interrupted_run_matches(tmp_path, digits):
     """Interrupt after 5 of 10 steps (time budget), resume, compare with an uninterrupted run."""
     cfg = dict(steps=10, nets_per_step=4, batch_size=32, pretrain_max_steps=5, checkpoint_every=5)
@@ -29,17 +43,8 @@ def test_resume_from_interrupted_run_matches(tmp_path, digits):
     Trainer(full, digits.train, TrainConfig(**cfg), progress=False, device="cpu").fit()
     ckpt = tmp_path / "c.safetensors"
     part = _small()
-    t = Trainer(part, digits.train, TrainConfig(**cfg), progress=False, device="cpu", checkpoint=ckpt)
-    orig = t._step
-
-    def interrupting(step, g):
-        if step == 5:
-            raise KeyboardInterrupt
-        return orig(step, g)
-
-    t._step = interrupting
-    with pytest.raises(KeyboardInterrupt):
-        t.fit()
+    _interrupted_fit(Trainer(part, digits.train, TrainConfig(**cfg), progress=False, device="cpu",
+                             checkpoint=ckpt), at_step=5)  # fmt: skip
     resumed = _small(seed=9)
     Trainer(resumed, digits.train, TrainConfig(**cfg), progress=False, device="cpu", checkpoint=ckpt).fit(
         resume=True
@@ -58,16 +63,7 @@ def test_a_checkpoint_from_fused_adam_resumes_unfused_and_matches(tmp_path, digi
     monkeypatch.setattr(training, "_fused", lambda device: True)  # as on a GPU
     t = Trainer(_small(), digits.train, TrainConfig(**cfg), progress=False, device="cpu", checkpoint=ckpt)
     assert all(g["fused"] for g in t.opt_g.param_groups)
-    orig = t._step
-
-    def interrupting(step, g):
-        if step == 3:
-            raise KeyboardInterrupt
-        return orig(step, g)
-
-    t._step = interrupting
-    with pytest.raises(KeyboardInterrupt):
-        t.fit()
+    _interrupted_fit(t, at_step=3)
     monkeypatch.undo()
     resumed = _small(seed=9)
     t = Trainer(resumed, digits.train, TrainConfig(**cfg), progress=False, device="cpu", checkpoint=ckpt)

@@ -102,7 +102,7 @@ def plot_roc(
     if threshold is not None:
         ax.plot([], [], "o", color="white", markeredgecolor="black", label="operating point (threshold)")
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_det(
@@ -123,7 +123,7 @@ def plot_det(
         DetCurveDisplay.from_predictions(y, sc, ax=ax, name=name)
     ax.set(title=title, xlabel=f"false-positive rate ({clean})", ylabel="miss rate (not flagged)")
     ax.legend(loc="upper right", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_ecdf(
@@ -151,7 +151,7 @@ def plot_ecdf(
         ylim=(0, 1.01),
     )
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_histograms(
@@ -176,7 +176,7 @@ def plot_histograms(
         ax.axvline(threshold, color="black", ls="--", lw=1, label="threshold")
     ax.set(xlabel=score_name, ylabel="density", title=title or f"Histogram of {score_name}")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_score_groups(
@@ -223,7 +223,7 @@ def plot_reliability(curves: Mapping[str, Mapping[str, np.ndarray]], path: str |
     ax.set(xlabel="confidence (top-class probability)", ylabel="accuracy", xlim=(0, 1.01), ylim=(0, 1.01),
            title="Reliability diagram (test split)")  # fmt: skip
     ax.legend(loc="upper left", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_attack_success(methods: list[Mapping], path: str | os.PathLike) -> Path:
@@ -246,10 +246,11 @@ def plot_attack_success(methods: list[Mapping], path: str | os.PathLike) -> Path
         axes[0, j].legend(fontsize=7, loc="best")
     axes[0, 0].set_ylabel("attack success (attacked networks)")
     axes[1, 0].set_ylabel("misclassified and not flagged")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110) -> Path:
+    """Write ``fig`` as a PNG atomically (no half-written file under ``path``) and close it."""
     plt = _pyplot()
     from ..fileio import atomic_path
 
@@ -257,7 +258,7 @@ def _save(fig, path: str | os.PathLike) -> Path:
     try:
         fig.tight_layout()
         with atomic_path(p, suffix=".png.tmp") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
+            fig.savefig(tmp, dpi=dpi, format="png")
     finally:
         plt.close(fig)
     return p
@@ -331,7 +332,7 @@ def plot_filters(filters: np.ndarray, path: str | os.PathLike, *, title: str) ->
             ax.imshow(img, interpolation="nearest", **kw)
             ax.set_title(f"net {i}", fontsize=7)
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_image_grid(
@@ -358,7 +359,7 @@ def plot_image_grid(
             ax.imshow(img, interpolation="nearest", **kw)
             ax.set_title(titles[i], fontsize=7)
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _entropy_pick(ctx: EvalContext, split: str, data_split: Any, highest: bool, label: str,
