@@ -527,3 +527,16 @@ def test_onnx_export_of_a_generated_block_holds_parity(tmp_path, compact):
     with torch.no_grad():
         want = compact_reference(model, ens.params, x).softmax(-1).mean(0)
     torch.testing.assert_close(torch.as_tensor(got["probabilities"]), want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("compact", COMPACT)
+def test_resnet18_layer4_and_fc_compact_match_the_materialised_model(compact):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    t = HeadTarget(model, ["layer4", "fc"], (3, 32, 32), compact={"layer4": compact})
+    assert generated_numbers(t) < 100_000 < sum(p.numel() for p in model.layer4.parameters())
+    x = torch.rand(2, 3, 32, 32)
+    p = offsets(t, 2, 0.05)
+    with torch.no_grad():
+        torch.testing.assert_close(t.forward(p, x), compact_reference(model, p, x), atol=1e-4, rtol=0)
