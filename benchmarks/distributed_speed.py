@@ -144,19 +144,20 @@ def main() -> None:
     runs, weights = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         plan = [("one", [sys.executable, script, *common])]
+        for split in args.splits.split(","):  # right after the one-process run: the same machine load
+            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        f"--nproc-per-node={args.nproc}"]  # fmt: skip
+            plan.append((split, [*launcher, script, *common, "--split", split]))
         if not args.quick:  # what float round-off alone does to the weights (see the docstring)
             plan.append(("one+roundoff", [sys.executable, script, *common, "--perturb", "1e-7"]))
             # the other way to use N cores: one process with N threads
             plan.append((f"one-{args.nproc}threads", [sys.executable, script, *common, "--threads",
                                                       str(args.nproc)]))  # fmt: skip
-        for split in args.splits.split(","):
-            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        f"--nproc-per-node={args.nproc}"]  # fmt: skip
-            plan.append((split, [*launcher, script, *common, "--split", split]))
         for name, cmd in plan:
             result = Path(tmp) / f"{name}.json"
+            load = [round(v, 2) for v in os.getloadavg()]
             _run([*cmd, "--result", str(result)], env)
-            runs.append(json.loads(result.read_text()))
+            runs.append({"run": name, **json.loads(result.read_text()), "loadavg_at_start": load})
             weights[name] = torch.load(result.with_suffix(".pt"))
     one = runs[0]["seconds_per_step"]
     ref, start = weights["one"]["final"], weights["one"]["init"]
