@@ -24,7 +24,11 @@ gradient: the union of the ranks' members (or shards) is exactly the one process
 same stream. So the same seed gives the same model as one process, up to float round-off (the
 mean is summed in N parts; ``tests/test_distributed.py`` states and checks the tolerance). That is
 why the members' noise is not drawn from a per-rank stream: a stream per ``(seed, step, rank)``
-would give a valid run but a different model for every N, and nothing to compare with.
+would give a valid run but a different model for every N, and nothing to compare with. (Adam
+magnifies that round-off where gradients are near zero: over many steps the weights drift apart as
+much as a relative 1e-7 perturbation of one process's gradients makes them; see
+``benchmarks/distributed_speed.py``.) With ``adversarial`` training the attacks' random starts are
+drawn from the same stream in the rank's shape, so that run is as valid but not the one-process run.
 
 Why an all-reduce of the gradients and not ``DistributedDataParallel``
 ----------------------------------------------------------------------
