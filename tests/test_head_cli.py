@@ -256,6 +256,8 @@ def test_train_with_compact_records_the_modes_and_loads_back(files, tmp_path):
     target = json.loads(res.output)["config"]["target"]
     assert target["compact"] == {"0": "scales", "3": "lowrank:2"}
     assert target["param_shapes"]["0.weight_scale"] == [4] and target["param_shapes"]["3.weight_u"] == [10, 2]
+    res = run("info", "-m", out / "model.safetensors", *backbone_args(files))
+    assert "generated: 0 (scales), 3 (lowrank:2)" in res.output
     module = load_backbone(f"{files / 'net.py'}:build", files / "w.safetensors")
     loaded = load_model(out / "model.safetensors", module=module).hypergan
     assert loaded.target.compact == {"0": "scales", "3": "lowrank:2"}

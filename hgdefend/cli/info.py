@@ -64,8 +64,12 @@ def info(model: str, as_json: bool, backbone: str | None, backbone_weights: str 
                f"({counts['target_network']:,} parameters per sampled network)")  # fmt: skip
     t = cfg["target"]
     if t["kind"] == "head":
+        modes = t.get("compact") or {}
+        generated = ", ".join(
+            f"{n} ({modes[n]})" if modes.get(n, "full") != "full" else n for n in t["generate"]
+        )
         echo(f"backbone   sha256 {t['backbone_sha256']} (your pretrained model, frozen; "
-             f"generated: {', '.join(t['generate'])}, as offsets around its weights)")  # fmt: skip
+             f"generated: {generated}, as offsets around its weights)")  # fmt: skip
     echo(f"hypergan   {json.dumps(cfg['hypergan'])}")
     echo("diversity  " + ("not recorded (no training recipe in the file)" if diversity is None else
                                 f"{diversity['objective']} (weight {diversity['weight']:g})"))  # fmt: skip
