@@ -322,17 +322,8 @@ def plot_filters(filters: np.ndarray, path: str | os.PathLike, *, title: str) ->
     if f.shape[1] not in (1, 3):  # many input channels: draw the first one
         f = f[:, :1]
     m = float(np.abs(f).max()) or 1.0
-    plt = _pyplot()
-    side = math.ceil(math.sqrt(f.shape[0]))
-    fig, axes = plt.subplots(side, side, figsize=(1.3 * side, 1.3 * side + 0.5), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if i < f.shape[0]:
-            img, kw = _display(f[i], -m, m)
-            ax.imshow(img, interpolation="nearest", **kw)
-            ax.set_title(f"net {i}", fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    return save_figure(fig, path)
+    titles = [f"net {i}" for i in range(f.shape[0])]
+    return plot_image_grid(f, titles, path, title=title, value_range=(-m, m))
 
 
 def plot_image_grid(
