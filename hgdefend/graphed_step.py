@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import rng
 from .validation import HgdefendError
 
 Trainer = Any  # hgdefend.training.Trainer (which imports this module)
@@ -63,15 +64,13 @@ class GraphedStep:
         self.logs: Tensor | None = None
 
     def _draw(self, g: torch.Generator) -> None:
-        """The eager step's draws, in its order, into the graph's input buffers."""
-        hg = self.t.hg
-        draws = [(self.noise, torch.randn(self.k, hg.noise_dim, generator=g)),
-                 (self.idx, torch.randint(len(self.t.x), (self.b,), generator=g))]  # fmt: skip
+        """The eager step's draws, by the same calls in its order, into the graph's input buffers."""
+        t, hg = self.t, self.t.hg
+        self.noise.copy_(hg.sample_noise(self.k, g))
+        self.idx.copy_(rng.randint(len(t.x), self.b, g, t.device))
         for buf in (self.prior_reg, self.prior_d):  # regulariser, then discriminator, as eagerly
             if buf is not None:
-                draws.append((buf, torch.randn(tuple(buf.shape), generator=g)))
-        for buf, value in draws:
-            buf.copy_(value.pin_memory(), non_blocking=True)
+                buf.copy_(rng.randn(buf.shape, g, t.device))
 
     def _zero_grad(self) -> None:
         for opt in self.t.optimizers.values():

@@ -74,3 +74,27 @@ def test_train_cuda_graph_without_a_gpu_is_one_line_and_exit_2(tmp_path):
     assert res.exit_code == 2
     assert "cuda_graph" in res.output and "CUDA device" in res.output
     assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("regulariser", ["gan", "mmd", "none"])
+def test_the_graph_inputs_hold_the_eager_steps_draws(regulariser, monkeypatch):
+    """Runs on a CPU: the buffers a replay reads get the eager step's noise, minibatch and prior sample,
+    drawn in its order from the same generator (the capture itself needs CUDA)."""
+    from hgdefend import graphed_step, rng
+
+    monkeypatch.setattr(graphed_step, "check_graphable", lambda trainer: None)
+    spec = mnist_paper()
+    hg = _hypergan(spec, regulariser)
+    trainer = Trainer(hg, _split(spec.input_shape, n=64), TrainConfig(nets_per_step=8, batch_size=32),
+                      device="cpu", progress=False)  # fmt: skip
+    step = graphed_step.GraphedStep(trainer, None)
+    step._draw(torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    noise = hg.sample_noise(8, g)
+    idx = rng.randint(64, 32, g, "cpu")
+    assert torch.equal(step.noise, noise) and torch.equal(step.idx, idx)
+    prior = step.prior_reg if regulariser == "mmd" else step.prior_d
+    if regulariser == "none":
+        assert prior is None
+    else:
+        assert torch.equal(prior, hg.prior_like(hg.codes(noise), g))
