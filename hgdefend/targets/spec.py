@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .fused import ACTIVATIONS, conv_act_pool
 from .layers import (
     _LAYER_TYPES,
     _TYPE_NAMES,
@@ -216,18 +217,32 @@ class TargetSpec:
         return order
 
     def _forward_grouped(
-        self, params: Params, x: Tensor, dropout: bool, channels_last: bool = False
+        self, params: Params, x: Tensor, dropout: bool, channels_last: bool = False, fused: str | None = None
     ) -> Tensor:
         """All K members at once: grouped convolutions on ``[B, K*C, H, W]``, ``bmm`` for linears.
 
         The first layer sees the *shared* input, so it runs as one ordinary conv / matmul with the
-        K weight sets stacked along the output axis — no K-fold copy of the input.
+        K weight sets stacked along the output axis — no K-fold copy of the input. With ``fused``
+        (the ``fused`` kernel: ``"tf32"`` or ``"ieee"`` matmul precision) every ``conv → act → 2×2
+        max-pool`` block runs as one Triton kernel (:mod:`.fused`) that writes only the pooled map.
         """
         k = num_members(params)
         b = x.shape[0]
         h = x
         layout = "shared"  # "shared": [B, ...]; "grouped": [B, K*C, H, W]; "members": [K, B, F]
-        for i, layer in self._fast_order():
+        order = self._fast_order()
+        skip = 0
+        for j, (i, layer) in enumerate(order):
+            if skip:
+                skip -= 1
+                continue
+            act = _fusable_block(order, j) if fused is not None else None
+            if act is not None:  # conv → max-pool 2 → activation as one Triton kernel
+                h = conv_act_pool(h, params[f"{i}.weight"], params[f"{i}.bias"], shared=layout == "shared",
+                                  padding=layer.padding, activation=act.fn, negative_slope=act.negative_slope,
+                                  precision=fused)  # fmt: skip
+                layout, skip = "grouped", 2
+                continue
             if isinstance(layer, Conv):
                 w, bias = params[f"{i}.weight"], params[f"{i}.bias"]
                 w = w.reshape(k * layer.out_channels, *w.shape[2:])
@@ -297,6 +312,17 @@ class TargetSpec:
         return h
 
 
+def _fusable_block(order: list[tuple[int, Layer]], j: int) -> Act | None:
+    """The activation of a ``conv → max-pool 2 → act`` block starting at ``order[j]`` (in
+    :meth:`TargetSpec._fast_order`'s order) that the fused kernel computes, else None."""
+    if j + 2 >= len(order) or not isinstance(order[j][1], Conv):
+        return None
+    pool, act = order[j + 1][1], order[j + 2][1]
+    if isinstance(pool, MaxPool) and pool.kernel_size == 2 and isinstance(act, Act) and act.fn in ACTIVATIONS:
+        return act
+    return None
+
+
 def _as_members(h: Tensor, layout: str, k: int, b: int) -> Tensor:
     """``[K, B, F]`` from a grouped (``[B, K*C, H, W]``) or folded (``[K*B, C, H, W]``) activation."""
     if layout == "grouped":
@@ -362,6 +388,9 @@ def _kernel_fn(spec: TargetSpec, plan: StrategyPlan) -> Callable[[Params, Tensor
     """The kernel as a callable, compiled (once per spec and plan) when the plan asks for it."""
     if plan.kernel == "grouped":
         fn = functools.partial(spec._forward_grouped, channels_last=plan.channels_last)
+    elif plan.kernel == "fused":
+        fn = functools.partial(spec._forward_grouped, channels_last=plan.channels_last,
+                               fused="ieee" if plan.precision == "fp32" else "tf32")  # fmt: skip
     elif plan.kernel == "unfold":
         fn = spec._forward_unfold
     else:

@@ -18,7 +18,7 @@ import torch
 
 from .layers import Params
 
-KERNELS = ("grouped", "unfold", "vmap", "loop")
+KERNELS = ("grouped", "fused", "unfold", "vmap", "loop")
 STRATEGIES = ("auto", *KERNELS)
 
 MODES = ("train", "score", "attack")
@@ -41,7 +41,9 @@ GRAD_PRECISION_BOUNDS = {"fp32": 1e-5, "tf32": 2e-2, "bf16": 0.3}
 class StrategyPlan:
     """How one forward is run: a kernel plus optional modifiers (``"grouped+cl+bf16"``).
 
-    * kernel ``grouped`` — grouped convolutions; ``unfold`` — members folded into the batch, convs as
+    * kernel ``grouped`` — grouped convolutions; ``fused`` — ``grouped`` with each ``conv → act →
+      2×2 max-pool`` block as one Triton kernel that writes only the pooled map (CUDA, scoring
+      only: it has no backward; :mod:`.fused`); ``unfold`` — members folded into the batch, convs as
       im2col + batched matmul; ``vmap`` — ``torch.func.vmap`` over the single-network forward;
       ``loop`` — one network at a time (the reference; ``auto`` picks it on CPU for large
       calls, see :func:`choose_strategy`).
@@ -79,6 +81,8 @@ def parse_strategy(strategy: str) -> StrategyPlan:
         raise ValueError("strategy: choose at most one of 'tf32' and 'bf16'")
     if kernel == "loop" and set(mods) - {"tf32", "bf16"}:
         raise ValueError("strategy: 'loop' is the reference and only takes a precision modifier")
+    if kernel == "fused" and set(mods) & {"compile", "graph"}:
+        raise ValueError("strategy: 'fused' is already one kernel per block; it takes 'cl', 'tf32' or 'bf16'")
     precision = "bf16" if "bf16" in mods else "tf32" if "tf32" in mods else "fp32"
     graph = "graph" in mods
     return StrategyPlan(kernel, "cl" in mods, precision, "compile" in mods or graph, graph)
@@ -148,8 +152,22 @@ def resolve_strategy(
         if strategy == "auto":
             raise ValueError(f"{STRATEGY_ENV}: must name a strategy, not 'auto'")
     plan = parse_strategy(strategy)
-    if plan.cuda_graph and torch.device(device).type != "cuda":
+    dev = torch.device(device).type
+    if plan.cuda_graph and dev != "cuda":
         raise ValueError("strategy: '+graph' (CUDA graphs) needs a CUDA device")
+    if plan.kernel == "fused":
+        from .fused import available
+
+        # TRITON_INTERPRET=1 runs Triton kernels on CPU tensors (slowly): how the tests check it here
+        if dev != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(f"strategy: 'fused' needs a CUDA device (got {dev}); use 'grouped'")
+        if not available():
+            raise ValueError("strategy: 'fused' needs Triton (it ships with CUDA builds of torch)")
+        if mode != "score":
+            raise ValueError(
+                f"strategy: 'fused' has no backward, so it only scores (torch.no_grad); this call is in "
+                f"{mode!r} mode: use 'grouped' (or 'auto')"
+            )
     return plan
 
 

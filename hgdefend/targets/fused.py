@@ -1,0 +1,108 @@
+"""One Triton kernel for a member block ``conv → activation → 2×2 max-pool`` (the ``fused`` kernel).
+
+Why: the batched forward of the built-in nets is limited by memory traffic, not arithmetic. cuDNN
+writes each convolution's full-resolution output (the MNIST net's first conv: 74 KB per
+member-image), then max-pool reads it back and writes a quarter of it, and the activation reads and
+writes that again. Here each program computes a tile of *pooled* outputs directly: an implicit-GEMM
+convolution (patches gathered on the fly, ``tl.dot`` on tensor cores) evaluated at the four
+positions of each pooling window, their maximum, the bias and the activation, and writes only the
+pooled map. Exact reformulation: max-pool of (conv + bias) is (max of the conv) + bias, and the
+supported activations are non-decreasing, so they commute with the max.
+
+The input is either shared by all K members (the first layer: ``[B, C, H, W]``, member stride 0) or
+grouped (``[B, K*C, H, W]``, member k reads channels ``k*C .. k*C+C-1``); the output is grouped,
+``[B, K*Cout, H', W']``, as :meth:`TargetSpec._forward_grouped` lays it out. No backward: the
+``fused`` strategy is for scoring (no gradients) on CUDA. ``TRITON_INTERPRET=1`` runs the same kernel
+on CPU tensors (the tests check it against ``conv2d`` there).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+ACTIVATIONS = {"leaky_relu": 0, "relu": 1}
+"""Activations the kernel applies after the pool (both non-decreasing: they commute with max)."""
+
+BLOCK_R = 32  # reduction chunk (input channel × kernel position); tl.dot needs >= 16
+LAUNCH = {"block_m": 64, "num_warps": 4, "num_stages": 2}
+"""Pooled output positions (image × row × column) per program, and Triton's launch settings."""
+
+
+@functools.cache
+def available() -> bool:
+    """Whether Triton can be imported (it ships with CUDA builds of torch)."""
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # an import of a broken install can fail in many ways
+        return False
+    return True
+
+
+@functools.cache
+def _kernel():  # noqa: ANN202 (a Triton JIT function)
+    """The kernel, imported on first use, so importing hgdefend never imports Triton."""
+    from ._triton_conv import conv_pool_act
+
+    return conv_pool_act
+
+
+def conv_act_pool(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    *,
+    shared: bool,
+    padding: int,
+    activation: str,
+    negative_slope: float = 0.01,
+    precision: str = "tf32",
+    block_m: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+) -> Tensor:
+    """``maxpool2(act(conv(x)))`` for K members at once, as one kernel.
+
+    ``weight`` ``[K, Cout, Cin, s, s]``, ``bias`` ``[K, Cout]``; ``x`` ``[B, Cin, H, W]`` when
+    ``shared`` (every member sees it), else ``[B, K*Cin, H, W]``. Returns ``[B, K*Cout, H', W']`` with
+    ``H' = (H + 2*padding - s + 1) // 2``. ``precision``: ``"tf32"`` or ``"ieee"`` for float32 inputs
+    (bfloat16 inputs are multiplied exactly; every sum is accumulated in float32). ``block_m``,
+    ``num_warps``, ``num_stages``: the launch configuration (default :data:`LAUNCH`; benchmarks sweep it).
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: the fused kernel supports {sorted(ACTIVATIONS)}, got {activation!r}")
+    if precision not in ("tf32", "ieee"):
+        raise ValueError(f"precision: expected 'tf32' or 'ieee', got {precision!r}")
+    k, cout, cin, ks, ks2 = weight.shape
+    if ks != ks2 or bias.shape != (k, cout):
+        raise ValueError(f"weight/bias: expected [K, Cout, Cin, s, s] and [K, Cout], got "
+                         f"{list(weight.shape)} and {list(bias.shape)}")  # fmt: skip
+    b, c_in, h, w = x.shape
+    if c_in != (cin if shared else k * cin):
+        raise ValueError(f"x: expected {cin if shared else k * cin} channels, got {c_in}")
+    ph, pw = (h + 2 * padding - ks + 1) // 2, (w + 2 * padding - ks + 1) // 2
+    out = torch.empty((b, k * cout, ph, pw), device=x.device, dtype=x.dtype)
+    m = b * ph * pw
+    if m == 0 or k == 0:
+        return out
+    wt = weight.to(x.dtype).reshape(k, cout, cin * ks * ks).contiguous()
+    bs = bias.to(x.dtype).contiguous()
+    sb, sc, sh, sw = x.stride()
+    block_m = block_m or LAUNCH["block_m"]
+    tune = {"num_warps": num_warps or LAUNCH["num_warps"], "num_stages": num_stages or LAUNCH["num_stages"]}
+    grid = ((m + block_m - 1) // block_m, k)
+    _kernel()[grid](
+        x, wt, bs, out,
+        m, h, w, ph, pw, cin * ks * ks,
+        sb, 0 if shared else cin * sc, sc, sh, sw,
+        *out.stride(),
+        float(negative_slope),
+        COUT=cout, KS=ks, PAD=padding, ACT=ACTIVATIONS[activation],
+        BLOCK_M=block_m, BLOCK_N=max(16, 1 << (cout - 1).bit_length()), BLOCK_R=BLOCK_R,
+        # bfloat16 tiles are widened to float32 in the kernel; TF32 holds them exactly
+        PRECISION=precision if x.dtype == torch.float32 else "tf32", **tune,
+    )  # fmt: skip
+    return out

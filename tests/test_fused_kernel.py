@@ -1,0 +1,130 @@
+"""The ``fused`` member kernel (one Triton kernel per conv → act → 2×2 max-pool block).
+
+On CPU the kernel runs under Triton's interpreter (``TRITON_INTERPRET=1``, set before Triton is
+imported, so in a subprocess); on a GPU the compiled kernel is checked against the float32 loop.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from hgdefend.targets import PRECISION_BOUNDS, cifar10_paper, digits_small, mnist_paper
+from hgdefend.targets.fused import available
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_triton = pytest.mark.skipif(not available(), reason="Triton is not installed")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _interpreted(code: str) -> str:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
+                         text=True, timeout=300, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+@needs_triton
+def test_fused_block_equals_conv_act_pool_under_the_interpreter():
+    """Shared and grouped inputs, padding, odd map sizes (pool floors), Cout not a power of two,
+    both activations: the kernel's output is conv2d → activation → max_pool2d."""
+    out = _interpreted("""
+        import torch, torch.nn.functional as F
+        from hgdefend.targets.fused import conv_act_pool
+        torch.manual_seed(0)
+        cases = [(3, 2, 1, 32, 28, 5, 0, True, "leaky_relu"), (3, 2, 32, 32, 12, 5, 0, False, "leaky_relu"),
+                 (2, 3, 3, 16, 9, 3, 1, True, "relu"), (2, 3, 5, 10, 7, 3, 1, False, "leaky_relu")]
+        for b, k, cin, cout, size, ks, pad, shared, act in cases:
+            x = torch.randn(b, cin if shared else k * cin, size, size)
+            w, bias = torch.randn(k, cout, cin, ks, ks) / (cin * ks * ks) ** 0.5, torch.randn(k, cout)
+            ref = F.conv2d(x, w.reshape(k * cout, cin, ks, ks), bias.reshape(-1), padding=pad,
+                           groups=1 if shared else k)
+            ref = F.max_pool2d(F.leaky_relu(ref, 0.01) if act == "leaky_relu" else F.relu(ref), 2)
+            got = conv_act_pool(x, w, bias, shared=shared, padding=pad, activation=act, precision="ieee")
+            assert got.shape == ref.shape, (got.shape, ref.shape)
+            err = float((got - ref).abs().max() / ref.abs().max())
+            assert err < 1e-5, err
+            print("ok", err)
+    """)
+    assert out.count("ok") == 4
+
+
+@needs_triton
+def test_fused_strategy_equals_the_loop_on_the_builtin_nets_under_the_interpreter():
+    out = _interpreted("""
+        import torch
+        from hgdefend.targets import cifar10_paper, digits_small, mnist_paper
+        for spec in (mnist_paper(), cifar10_paper(), digits_small()):
+            p = spec.init_params(3, torch.Generator().manual_seed(0))
+            x = torch.rand(4, *spec.input_shape)
+            with torch.no_grad():
+                ref = spec.forward(p, x, strategy="loop")
+                for strategy in ("fused", "fused+cl"):
+                    err = float((spec.forward(p, x, strategy=strategy) - ref).abs().max() / ref.abs().max())
+                    assert err < 1e-5, (spec.name, strategy, err)
+            print("ok", spec.name)
+    """)
+    assert out.count("ok") == 3
+
+
+@needs_triton
+def test_fused_is_refused_where_it_cannot_run(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    spec = mnist_paper()
+    p = spec.init_params(2)
+    x = torch.rand(2, 1, 28, 28)
+    with pytest.raises(ValueError, match="'fused' needs a CUDA device"), torch.no_grad():
+        spec.forward(p, x, strategy="fused")
+    with pytest.raises(ValueError, match="'fused' is already one kernel"):
+        spec.forward(p, x, strategy="fused+compile")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(ValueError, match="no backward.*'attack' mode"):
+        spec.forward(p, x.requires_grad_(), strategy="fused")
+    p = {n: t.requires_grad_() for n, t in p.items()}
+    with pytest.raises(ValueError, match="no backward.*'train' mode"):
+        spec.forward(p, x.detach(), strategy="fused")
+
+
+def test_fused_block_arguments_are_checked():
+    from hgdefend.targets.fused import conv_act_pool
+
+    w, b = torch.zeros(2, 4, 1, 3, 3), torch.zeros(2, 4)
+    with pytest.raises(ValueError, match="activation"):
+        conv_act_pool(torch.zeros(1, 1, 8, 8), w, b, shared=True, padding=0, activation="tanh")
+    with pytest.raises(ValueError, match="x: expected 2 channels"):
+        conv_act_pool(torch.zeros(1, 1, 8, 8), w, b, shared=False, padding=0, activation="relu")
+    with pytest.raises(ValueError, match="precision"):
+        conv_act_pool(torch.zeros(1, 1, 8, 8), w, b, shared=True, padding=0, activation="relu", precision="x")
+
+
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("spec_fn", [mnist_paper, cifar10_paper, digits_small])
+def test_fused_on_the_gpu_stays_inside_the_documented_error(spec_fn):
+    spec = spec_fn()
+    p = {n: t.cuda() for n, t in spec.init_params(37, torch.Generator().manual_seed(1)).items()}
+    x = torch.rand(129, *spec.input_shape, device="cuda")
+    with torch.no_grad():
+        ref = spec.forward(p, x, strategy="loop")
+        for strategy, bound in (("fused", PRECISION_BOUNDS["fp32"]), ("fused+tf32", PRECISION_BOUNDS["tf32"]),
+                                ("fused+cl+tf32", PRECISION_BOUNDS["tf32"]),
+                                ("fused+bf16", PRECISION_BOUNDS["bf16"])):  # fmt: skip
+            out = spec.forward(p, x, strategy=strategy)
+            assert out.dtype == torch.float32 and out.shape == ref.shape
+            err = float((out - ref).abs().max() / ref.abs().max())
+            assert err <= bound, (strategy, err)
+
+
+@needs_triton
+def test_fused_kernel_benchmark_quick():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fused_kernel.py"), "--quick"],
+                         capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert '"fused+tf32"' in out.stdout and '"best_launch"' in out.stdout
