@@ -139,7 +139,7 @@ def main() -> None:
     with torch.no_grad():
         ref = spec.forward(params, x, strategy="loop")
         whole: dict = {}
-        for strategy in ("grouped+tf32", "fused+tf32", "fused", "loop"):
+        for strategy in ("grouped+tf32", "fused+tf32", "fused", "auto", "loop"):
             out = spec.forward(params, x, strategy=strategy)
             secs = timed(lambda s=strategy: spec.forward(params, x, strategy=s), dev, args.min_time)
             whole[strategy] = {"seconds_per_call": round(secs, 5), "member_images_per_s": round(n / secs),
@@ -147,6 +147,9 @@ def main() -> None:
     loop_s = whole["loop"]["seconds_per_call"]
     for r in whole.values():
         r["speedup_vs_loop"] = round(loop_s / r["seconds_per_call"], 2)
+    from hgdefend.targets import choose_strategy
+
+    whole["auto"]["is"] = choose_strategy(dev, "score", args.batch * spec.activations_per_input)
     result = {
         **run_record("fused_kernel", args, dev, started),
         "net": "mnist_paper",

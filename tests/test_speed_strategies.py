@@ -135,7 +135,12 @@ def test_cpu_choice_depends_on_the_work_per_network_call(monkeypatch):
     small = T.CPU_LOOP_MIN_WORK - 1
     assert choose_strategy("cpu", "score", small) == "grouped"
     assert choose_strategy("cpu", "train", T.CPU_LOOP_MIN_WORK) == "loop"
-    assert choose_strategy("cuda", "score", 10 * T.CPU_LOOP_MIN_WORK).startswith("grouped")
+    from hgdefend.targets.fused import available
+
+    # scoring on CUDA: the fused Triton kernel, or grouped convolutions where Triton is missing
+    want = "fused+tf32" if available() else "grouped+tf32"
+    assert choose_strategy("cuda", "score", 10 * T.CPU_LOOP_MIN_WORK) == want
+    assert choose_strategy("cuda", "attack", 10 * T.CPU_LOOP_MIN_WORK).startswith("grouped")
     loop_b = -(-T.CPU_LOOP_MIN_WORK // spec.activations_per_input)  # smallest batch that reaches it
     _, params, x = _case(T.digits_small, b=loop_b)
     grouped = _count_calls(monkeypatch, "_forward_grouped")
@@ -249,7 +254,9 @@ def test_cuda_chunking_and_auto_choice():
     ens = SampledEnsemble(spec, {n: t.cuda() for n, t in params.items()})
     ref = ens.forward_logits(x.cuda())
     ens.member_images_per_chunk = 64
-    assert _rel_err(ens.forward_logits(x.cuda()), ref) <= 1e-5
+    # the automatic choice scores with TF32: cuBLAS picks other algorithms for other chunk shapes, so
+    # chunked and whole calls differ by TF32 round-off (9e-5 measured on an H100), not by a bug's O(1)
+    assert _rel_err(ens.forward_logits(x.cuda()), ref) <= 1e-3
     assert ens.subset(3).chunk_size() == 64
 
 

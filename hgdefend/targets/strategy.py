@@ -99,14 +99,16 @@ def mode_of(params: Params) -> str:
 # (tables, commands, devices and dates in benchmarks/RESULTS.md). CUDA: grouped convolution with TF32
 # was the fastest non-bf16 strategy in all three modes on an H100 (K=100, B=1,000), and TF32 stays
 # inside PRECISION_BOUNDS (tests/test_speed_strategies.py, on that GPU); bf16 and torch.compile are
-# faster still for scoring but stay opt-in (error bound / compile time per new shape). CPU: grouped
+# faster still for scoring but stay opt-in (error bound / compile time per new shape). Scoring on CUDA
+# uses the fused Triton kernel with TF32 (benchmarks/fused_kernel.py: 7.79 M member-images/s against
+# grouped+tf32's 3.75 M in the same run on an H200, 2026-11-27; grouped+tf32 without Triton). CPU: grouped
 # for small per-network calls, the loop above CPU_LOOP_MIN_WORK (see choose_strategy).
 DEFAULT_STRATEGIES: dict[tuple[str, str], str] = {
     ("cpu", "train"): "grouped",
     ("cpu", "score"): "grouped",
     ("cpu", "attack"): "grouped",
     ("cuda", "train"): "grouped+tf32",
-    ("cuda", "score"): "grouped+tf32",
+    ("cuda", "score"): "fused+tf32",
     ("cuda", "attack"): "grouped+tf32",
 }
 
@@ -140,7 +142,13 @@ def choose_strategy(device: torch.device | str, mode: str = "score", work: int |
     dev = torch.device(device).type
     if dev == "cpu" and work is not None and work >= CPU_LOOP_MIN_WORK:
         return "loop"
-    return DEFAULT_STRATEGIES.get((dev, mode), "grouped")
+    choice = DEFAULT_STRATEGIES.get((dev, mode), "grouped")
+    if choice.startswith("fused"):
+        from .fused import available
+
+        if not available():  # no Triton: the fastest strategy without it
+            return choice.replace("fused", "grouped", 1)
+    return choice
 
 
 def resolve_strategy(
