@@ -63,6 +63,31 @@ def test_fused_block_equals_conv_act_pool_under_the_interpreter():
 
 
 @interpreter
+def test_large_calls_are_split_into_launches_that_give_the_same_result():
+    """Members beyond one grid axis, and batches beyond 32-bit position counts, are launched in
+    slices (limits lowered here so that small calls split), with the same result up to round-off."""
+    out = _interpreted("""
+        import torch
+        from hgdefend.targets import fused
+        torch.manual_seed(0)
+        for shared in (True, False):
+            k, cin = 5, 3
+            x = torch.randn(7, cin if shared else k * cin, 10, 10)
+            w, b = torch.randn(k, 16, cin, 3, 3), torch.randn(k, 16)
+            kw = dict(shared=shared, padding=1, activation="relu", precision="ieee")
+            whole = fused.conv_act_pool(x, w, b, **kw)
+            fused.MAX_MEMBERS_PER_LAUNCH, fused.INT32_MAX = 2, 25 * (64 + 2)  # 2 members, 2 images a launch
+            split = fused.conv_act_pool(x, w, b, **kw)
+            fused.MAX_MEMBERS_PER_LAUNCH, fused.INT32_MAX = 65_535, 2**31 - 1
+            # the same sums; a matmul of another tile shape may round differently
+            err = float((whole - split).abs().max() / whole.abs().max())
+            assert err < 1e-6, err
+            print("ok")
+    """)
+    assert out.count("ok") == 2
+
+
+@interpreter
 def test_fused_strategy_equals_the_loop_on_the_builtin_nets_under_the_interpreter():
     out = _interpreted("""
         import torch

@@ -27,6 +27,8 @@ ACTIVATIONS = {"leaky_relu": 0, "relu": 1}
 """Activations the kernel applies after the pool (both non-decreasing: they commute with max)."""
 
 BLOCK_R = 32  # reduction chunk (input channel × kernel position); tl.dot needs >= 16
+MAX_MEMBERS_PER_LAUNCH = 65_535  # CUDA's limit on a grid's second axis
+INT32_MAX = 2**31 - 1
 LAUNCH = {"block_m": 64, "num_warps": 4, "num_stages": 2}
 """Pooled output positions (image × row × column) per program, and Triton's launch settings."""
 
@@ -93,16 +95,29 @@ def conv_act_pool(
     sb, sc, sh, sw = x.stride()
     block_m = block_m or LAUNCH["block_m"]
     tune = {"num_warps": num_warps or LAUNCH["num_warps"], "num_stages": num_stages or LAUNCH["num_stages"]}
-    grid = ((m + block_m - 1) // block_m, k)
-    _kernel()[grid](
-        x, wt, bs, out,
-        m, h, w, ph, pw, cin * ks * ks,
-        sb, 0 if shared else cin * sc, sc, sh, sw,
-        *out.stride(),
-        float(negative_slope),
-        COUT=cout, KS=ks, PAD=padding, ACT=ACTIVATIONS[activation],
-        BLOCK_M=block_m, BLOCK_N=max(16, 1 << (cout - 1).bit_length()), BLOCK_R=BLOCK_R,
-        # bfloat16 tiles are widened to float32 in the kernel; TF32 holds them exactly
-        PRECISION=precision if x.dtype == torch.float32 else "tf32", **tune,
-    )  # fmt: skip
+    r = cin * ks * ks
+    # Launches cover slices of the members (the grid's second axis holds at most 65,535 programs, and
+    # in-kernel offsets are 32-bit) and of the batch (pooled positions are counted in 32 bits): the
+    # slices are views, so each launch reads and writes in place.
+    per_member = max(cout * r, cout * ph * pw, 1 if shared else cin * sc)
+    k_step = max(1, min(MAX_MEMBERS_PER_LAUNCH, INT32_MAX // per_member))
+    b_step = max(1, INT32_MAX // (ph * pw) - block_m)
+    for k0 in range(0, k, k_step):
+        k1 = min(k, k0 + k_step)
+        xk = x if shared else x[:, k0 * cin : k1 * cin]
+        for b0 in range(0, b, b_step):
+            b1 = min(b, b0 + b_step)
+            o = out[b0:b1, k0 * cout : k1 * cout]
+            mb = (b1 - b0) * ph * pw
+            _kernel()[((mb + block_m - 1) // block_m, k1 - k0)](
+                xk[b0:b1], wt[k0:k1], bs[k0:k1], o,
+                mb, h, w, ph, pw, r,
+                sb, 0 if shared else cin * sc, sc, sh, sw,
+                *o.stride(),
+                float(negative_slope),
+                COUT=cout, KS=ks, PAD=padding, ACT=ACTIVATIONS[activation],
+                BLOCK_M=block_m, BLOCK_N=max(16, 1 << (cout - 1).bit_length()), BLOCK_R=BLOCK_R,
+                # bfloat16 tiles are widened to float32 in the kernel; TF32 holds them exactly
+                PRECISION=precision if x.dtype == torch.float32 else "tf32", **tune,
+            )  # fmt: skip
     return out
