@@ -120,6 +120,7 @@ def train_model(
     mixer: bool = True,
     eval_every: int = 0,
     checkpoint_every: int = 0,
+    checkpoint_min_interval: float = 0.0,
     time_budget: float | None = None,
     cuda_graph: bool = False,
     checkpoint: str | Path | None = None,
@@ -140,11 +141,12 @@ def train_model(
 
     ``None`` keeps the recipe's value. The calibration split is the validation set (evaluated every
     ``eval_every`` steps and at the end); ``checkpoint`` is written every ``checkpoint_every`` steps
-    and at the end (its folder is created), and ``resume=True`` continues from it. ``time_budget``
-    (seconds) stops training early and anneals the learning rate over it; ``cuda_graph`` replays the
-    step as one CUDA graph (:mod:`hgdefend.graphed_step`; plain recipe on a GPU). ``adversarial`` (with
-    ``adv_eps``, ``adv_steps``, ``adv_alpha``, ``trades_beta``) trains on inputs crafted against each
-    step's networks (:mod:`hgdefend.adversarial`). ``dist`` (from
+    (at most once per ``checkpoint_min_interval`` seconds of training) and at the end (its folder is
+    created), and ``resume=True`` continues from it. ``time_budget`` (seconds) stops training early
+    and anneals the learning rate over it; ``cuda_graph`` replays the step as one CUDA graph
+    (:mod:`hgdefend.graphed_step`; plain recipe on a GPU). ``adversarial`` (with ``adv_eps``,
+    ``adv_steps``, ``adv_alpha``, ``trades_beta``) trains on inputs crafted against each step's
+    networks (:mod:`hgdefend.adversarial`). ``dist`` (from
     :func:`hgdefend.distributed.init_distributed`) trains across the ranks of a torchrun launch: the
     same model as one process; only rank 0 shows progress and writes the checkpoint.
     """
@@ -161,6 +163,7 @@ def train_model(
         **{k: v for k, v in given.items() if v is not None},
         eval_every=eval_every,
         checkpoint_every=checkpoint_every,
+        checkpoint_min_interval_s=checkpoint_min_interval,
         time_budget_s=time_budget,
         cuda_graph=cuda_graph,
         seed=seed,

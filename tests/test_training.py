@@ -254,3 +254,20 @@ def test_resolve_device_refuses_unknown_and_meta_devices():
     for bad in ("bogus", "meta", 3.5):
         with pytest.raises(HgdefendError, match="device: expected"):
             resolve_device(bad)
+
+
+def test_checkpoints_keep_a_minimum_interval(monkeypatch):
+    """Every step is due (checkpoint_every=1), but a checkpoint waits until the last one is
+    checkpoint_min_interval_s seconds of training old; the final one is always written."""
+
+    def run(gap: float) -> list[int]:
+        _fake_clock(monkeypatch)  # one second per reading: one reading per step
+        cfg = TrainConfig(steps=10, checkpoint_every=1, checkpoint_min_interval_s=gap)
+        written: list[int] = []
+        training._Loop(cfg, False, "t").run(0, lambda s, g: {}, None, lambda s, h, t: written.append(s), [])
+        return written
+
+    assert run(0.0) == list(range(1, 11))
+    assert run(3.5) == [4, 8, 10]
+    with pytest.raises(HgdefendError, match="checkpoint_min_interval_s"):
+        TrainConfig(checkpoint_min_interval_s=-1.0)
