@@ -268,3 +268,23 @@ def test_default_threads_drop_to_one_on_a_busy_machine(monkeypatch):
     assert common.default_threads() == 4
     monkeypatch.setattr(common.os, "getloadavg", lambda: (6.0, 6.0, 6.0))
     assert common.default_threads() == 1
+
+
+def test_pool_is_moved_before_the_activation_only_where_they_commute():
+    """The batched kernels pool before a non-decreasing activation (exact, and a quarter of the
+    work); a leaky ReLU with a negative slope does not commute with max, so it keeps its place."""
+    for slope in (0.01, -0.5):
+        layers = (
+            T.Conv(1, 4, 3, padding=1),
+            T.Act("leaky_relu", slope),
+            T.MaxPool(2),
+            T.Flatten(),
+            T.Linear(64, 3),
+        )
+        spec = T.TargetSpec("t", (1, 8, 8), layers)
+        params = spec.init_params(3, torch.Generator().manual_seed(0))
+        x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            ref = spec.forward(params, x, strategy="loop")
+            for strategy in ("grouped", "unfold", "vmap"):
+                assert _rel_err(spec.forward(params, x, strategy=strategy), ref) <= 1e-6, (slope, strategy)

@@ -200,16 +200,16 @@ class TargetSpec:
 
     def _fast_order(self) -> list[tuple[int, Layer]]:
         """Layers in execution order for the batched kernels, with ``act → maxpool`` run as
-        ``maxpool → act``.
+        ``maxpool → act`` where the activation is non-decreasing (:func:`_non_decreasing`).
 
-        Exact: the activations are non-decreasing, so max and activation commute; pooling first
+        Exact: max and a non-decreasing activation commute; pooling first
         makes the activation touch a quarter of the values (the MNIST net's largest tensor is the
         first conv's output, and memory traffic, not arithmetic, limits the batched forward).
         """
         order = list(enumerate(self.layers))
         i = 0
         while i + 1 < len(order):
-            if isinstance(order[i][1], Act) and isinstance(order[i + 1][1], MaxPool):
+            if _non_decreasing(order[i][1]) and isinstance(order[i + 1][1], MaxPool):
                 order[i], order[i + 1] = order[i + 1], order[i]
                 i += 2
             else:
@@ -312,13 +312,20 @@ class TargetSpec:
         return h
 
 
+def _non_decreasing(layer: Layer) -> bool:
+    """An activation that commutes with max-pooling (a leaky ReLU with a negative slope does not)."""
+    if not isinstance(layer, Act):
+        return False
+    return layer.fn != "leaky_relu" or layer.negative_slope >= 0
+
+
 def _fusable_block(order: list[tuple[int, Layer]], j: int) -> Act | None:
     """The activation of a ``conv → max-pool 2 → act`` block starting at ``order[j]`` (in
     :meth:`TargetSpec._fast_order`'s order) that the fused kernel computes, else None."""
     if j + 2 >= len(order) or not isinstance(order[j][1], Conv):
         return None
     pool, act = order[j + 1][1], order[j + 2][1]
-    if isinstance(pool, MaxPool) and pool.kernel_size == 2 and isinstance(act, Act) and act.fn in ACTIVATIONS:
+    if isinstance(pool, MaxPool) and pool.kernel_size == 2 and _non_decreasing(act) and act.fn in ACTIVATIONS:
         return act
     return None
 
