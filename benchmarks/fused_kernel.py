@@ -8,6 +8,9 @@
    (the CUDA default before this kernel), ``fused+tf32``, ``fused`` (IEEE float32) and the
    per-network ``loop`` — member-images/s, and the logit error max |Δ| / max |logit| against the
    float32 loop (PRECISION_BOUNDS in hgdefend.targets.strategy is what the tests allow).
+3. Attacks: PGD-40 (eps 0.3, step 0.01, a plain gradient-sign loop) against 10 members on the same
+   images per strategy (the fused kernel's input gradient routes through the saved argmax of each
+   pooling window), and each strategy's input gradient against the float32 loop's.
 
     python benchmarks/fused_kernel.py --out benchmarks/results/fused_kernel.json    # a CUDA GPU
     python benchmarks/fused_kernel.py --quick   # CPU under TRITON_INTERPRET=1, tiny: what the tests run
@@ -74,6 +77,34 @@ def _fused_cell(h, w, b, shared: bool, prec: str, cfg: dict, ref, dev: torch.dev
     except Exception as exc:  # a launch setting the GPU cannot run: recorded, not fatal
         cell[f"{prec}_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     return cell
+
+
+def pgd_rows(spec, gen: torch.Generator, dev: torch.device, x: torch.Tensor, args) -> dict:
+    """PGD-40 against 10 members per strategy (each a plain gradient-sign loop, as gpu_check.py's),
+    and each strategy's input gradient against the float32 loop's (relative L2 error)."""
+    params = {n: t.to(dev) for n, t in spec.init_params(min(10, max(2, args.k)), gen).items()}
+    y = torch.randint(spec.num_outputs, (len(x),), generator=gen).to(dev)
+    steps = 2 if args.quick else 40
+
+    def grad(strategy: str, xa: torch.Tensor) -> torch.Tensor:
+        xa = xa.detach().requires_grad_()
+        logits = spec.forward(params, xa, strategy=strategy)
+        loss = F.cross_entropy(logits.log_softmax(-1).exp().mean(0).log(), y)
+        return torch.autograd.grad(loss, xa)[0]
+
+    def pgd(strategy: str) -> torch.Tensor:
+        xa = x.clone()
+        for _ in range(steps):
+            xa = (x + (xa + 0.01 * grad(strategy, xa).sign() - x).clamp(-0.3, 0.3)).clamp(0, 1)
+        return xa
+
+    ref = grad("loop", x)
+    rows: dict = {"steps": steps, "members": next(iter(params.values())).shape[0], "images": len(x)}
+    for strategy in ("grouped+tf32", "fused+tf32", "fused", "loop"):
+        err = float((grad(strategy, x) - ref).norm() / ref.norm())
+        secs = timed(lambda s=strategy: pgd(s), dev, args.min_time)
+        rows[strategy] = {"seconds": round(secs, 4), "input_grad_rel_err_vs_fp32_loop": err}
+    return rows
 
 
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -147,6 +178,9 @@ def main() -> None:
     loop_s = whole["loop"]["seconds_per_call"]
     for r in whole.values():
         r["speedup_vs_loop"] = round(loop_s / r["seconds_per_call"], 2)
+    # ---- 3. attacks: PGD-40 (eps 0.3) against 10 members on the same images, the input gradient
+    attack = pgd_rows(spec, gen, dev, x, args)
+
     from hgdefend.targets import choose_strategy
 
     whole["auto"]["is"] = choose_strategy(dev, "score", args.batch * spec.activations_per_input)
@@ -158,6 +192,7 @@ def main() -> None:
         "blocks": rows,
         "best_launch": {**sweep[best], "tf32_ms_both_blocks": round(total(best, "tf32"), 3)},
         "forward": whole,
+        "pgd40_10members": attack,
     }
     result["seconds"] = round(time.perf_counter() - started, 1)
     emit(result, args.out)

@@ -248,13 +248,14 @@ def speed_rows(args, dev: torch.device, sizes: tuple, report: dict, save) -> Non
     y = torch.randint(10, (imgs,), generator=g).to(dev)
     ens = SampledEnsemble(spec, {n: t.to(dev) for n, t in spec.init_params(10, g).items()})
     pgd = {}
-    for s in ("auto", "grouped", "grouped+tf32", "grouped+bf16", "unfold+tf32", "loop"):
+    fused = ("fused+tf32",) if dev.type == "cuda" else ()  # the Triton kernel runs on CUDA only
+    for s in ("auto", "grouped", "grouped+tf32", *fused, "grouped+bf16", "unfold+tf32", "loop"):
         ens.strategy = s
         pgd[f"plain_loop_{s}_s"] = round(timed(lambda e=ens: plain_pgd(e, x, y, steps=pgd_steps), reps), 4)
     try:
         from hgdefend.attacks import PGD
 
-        for s in ("auto", "grouped+bf16"):
+        for s in ("auto", *fused, "grouped+bf16"):
             ens.strategy = s
             attack = PGD(ens, eps=0.3, alpha=0.01, steps=pgd_steps, early_stop=False)
             pgd[f"hgdefend_PGD_{s}_s"] = round(timed(lambda a=attack: a(x, y), reps), 4)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hgdefend.targets import PRECISION_BOUNDS, cifar10_paper, digits_small, mnist_paper
+from hgdefend.targets import GRAD_PRECISION_BOUNDS, PRECISION_BOUNDS, cifar10_paper, digits_small, mnist_paper
 from hgdefend.targets.fused import available
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +88,31 @@ def test_large_calls_are_split_into_launches_that_give_the_same_result():
 
 
 @interpreter
+def test_fused_input_gradients_equal_the_loop_under_the_interpreter():
+    """Attack mode: the gradient of an ensemble loss with respect to the inputs, routed through each
+    pooling window's saved argmax. Random inputs: where a window's values tie exactly, another
+    summation order may pick another position (both are subgradients)."""
+    out = _interpreted("""
+        import torch
+        from hgdefend.targets import cifar10_paper, digits_small, mnist_paper
+        for spec in (mnist_paper(), cifar10_paper(), digits_small()):
+            p = spec.init_params(3, torch.Generator().manual_seed(0))
+            x = torch.rand(4, *spec.input_shape, generator=torch.Generator().manual_seed(1))
+            y = torch.tensor([0, 3, 5, 9])
+            grads = []
+            for strategy in ("loop", "fused", "fused+tf32"):
+                xa = x.clone().requires_grad_()
+                loss = torch.nn.functional.cross_entropy(spec.forward(p, xa, strategy=strategy).mean(0), y)
+                grads.append(torch.autograd.grad(loss, xa)[0])
+            for g in grads[1:]:
+                err = float((g - grads[0]).norm() / grads[0].norm())
+                assert err < 1e-5, (spec.name, err)
+            print("ok", spec.name)
+    """)
+    assert out.count("ok") == 3
+
+
+@interpreter
 def test_fused_strategy_equals_the_loop_on_the_builtin_nets_under_the_interpreter():
     out = _interpreted("""
         import torch
@@ -116,11 +141,9 @@ def test_fused_is_refused_where_it_cannot_run(monkeypatch):
     with pytest.raises(ValueError, match="'fused' is already one kernel"):
         spec.forward(p, x, strategy="fused+compile")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    with pytest.raises(ValueError, match="no backward.*'attack' mode"):
-        spec.forward(p, x.requires_grad_(), strategy="fused")
     p = {n: t.requires_grad_() for n, t in p.items()}
-    with pytest.raises(ValueError, match="no backward.*'train' mode"):
-        spec.forward(p, x.detach(), strategy="fused")
+    with pytest.raises(ValueError, match="gradients to the inputs only.*trains the weights"):
+        spec.forward(p, x, strategy="fused")
 
 
 def test_fused_block_arguments_are_checked():
@@ -138,7 +161,10 @@ def test_fused_block_arguments_are_checked():
 @needs_cuda
 @needs_triton
 @pytest.mark.parametrize("spec_fn", [mnist_paper, cifar10_paper, digits_small])
-def test_fused_on_the_gpu_stays_inside_the_documented_error(spec_fn):
+def test_fused_on_the_gpu_stays_inside_the_documented_error(spec_fn, monkeypatch):
+    # the loop's backward follows the global flags: IEEE float32 for the reference
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     spec = spec_fn()
     p = {n: t.cuda() for n, t in spec.init_params(37, torch.Generator().manual_seed(1)).items()}
     x = torch.rand(129, *spec.input_shape, device="cuda")
@@ -151,6 +177,20 @@ def test_fused_on_the_gpu_stays_inside_the_documented_error(spec_fn):
             assert out.dtype == torch.float32 and out.shape == ref.shape
             err = float((out - ref).abs().max() / ref.abs().max())
             assert err <= bound, (strategy, err)
+    y = torch.randint(spec.num_outputs, (len(x),), device="cuda")
+
+    def input_grad(strategy: str) -> torch.Tensor:
+        xa = x.clone().requires_grad_()
+        loss = torch.nn.functional.cross_entropy(spec.forward(p, xa, strategy=strategy).mean(0), y)
+        return torch.autograd.grad(loss, xa)[0]
+
+    ref = input_grad("loop")
+    for strategy, bound in (
+        ("fused", GRAD_PRECISION_BOUNDS["fp32"]),
+        ("fused+tf32", GRAD_PRECISION_BOUNDS["tf32"]),
+    ):
+        err = float((input_grad(strategy) - ref).norm() / ref.norm())
+        assert err <= bound, (strategy, err)
 
 
 @interpreter

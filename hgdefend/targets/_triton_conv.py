@@ -3,7 +3,8 @@
 Kept in its own module so that Triton resolves ``tl`` as a module global when it compiles the
 kernel, and importing hgdefend never imports Triton. One program computes ``BLOCK_M`` pooled output
 positions × all ``COUT`` channels of one member: four implicit-GEMM accumulators (one per position of
-the 2×2 pooling window), their maximum, the bias and the activation.
+the 2×2 pooling window), their maximum, the bias and the activation; with ``WRITE_CODE`` also which
+window position won (an int8 per output, for the input gradient of attacks).
 """
 
 import triton
@@ -12,13 +13,14 @@ import triton.language as tl
 
 @triton.jit
 def conv_pool_act(
-    x_ptr, w_ptr, b_ptr, out_ptr,
+    x_ptr, w_ptr, b_ptr, out_ptr, code_ptr,
     M, H, W, PH, PW, R,
     sxb, sxk, sxc, sxh, sxw,
     sob, soc, soh, sow,
     slope,
     COUT: tl.constexpr, KS: tl.constexpr, PAD: tl.constexpr, ACT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PRECISION: tl.constexpr,
+    WRITE_CODE: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     k = tl.program_id(1)  # the member
@@ -73,3 +75,14 @@ def conv_pool_act(
     o_ptr = (out_ptr + b.to(tl.int64)[:, None] * sob + (k * COUT + offs_n[None, :]) * soc
              + py[:, None] * soh + px[:, None] * sow)  # fmt: skip
     tl.store(o_ptr, acc.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    if WRITE_CODE:  # which window position won (0..3, row-major; the first on a tie, as max_pool2d)
+        best = acc00
+        code = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        code = tl.where(acc01 > best, 1, code)
+        best = tl.maximum(best, acc01)
+        code = tl.where(acc10 > best, 2, code)
+        best = tl.maximum(best, acc10)
+        code = tl.where(acc11 > best, 3, code)
+        c_ptr = (code_ptr + b.to(tl.int64)[:, None] * sob + (k * COUT + offs_n[None, :]) * soc
+                 + py[:, None] * soh + px[:, None] * sow)  # fmt: skip
+        tl.store(c_ptr, code.to(tl.int8), mask=m_ok[:, None] & n_ok[None, :])

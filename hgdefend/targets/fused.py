@@ -21,7 +21,10 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from .strategy import _precision, parse_strategy
 
 ACTIVATIONS = {"leaky_relu": 0, "relu": 1}
 """Activations the kernel applies after the pool (both non-decreasing: they commute with max)."""
@@ -65,7 +68,8 @@ def conv_act_pool(
     block_m: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
-) -> Tensor:
+    return_code: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """``maxpool2(act(conv(x)))`` for K members at once, as one kernel.
 
     ``weight`` ``[K, Cout, Cin, s, s]``, ``bias`` ``[K, Cout]``; ``x`` ``[B, Cin, H, W]`` when
@@ -73,6 +77,8 @@ def conv_act_pool(
     ``H' = (H + 2*padding - s + 1) // 2``. ``precision``: ``"tf32"`` or ``"ieee"`` for float32 inputs
     (bfloat16 inputs are multiplied exactly; every sum is accumulated in float32). ``block_m``,
     ``num_warps``, ``num_stages``: the launch configuration (default :data:`LAUNCH`; benchmarks sweep it).
+    ``return_code``: also return, per output, which position of its pooling window won (int8, 0–3
+    row-major; the first on a tie, as ``max_pool2d``): what the input gradient needs.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation: the fused kernel supports {sorted(ACTIVATIONS)}, got {activation!r}")
@@ -87,9 +93,10 @@ def conv_act_pool(
         raise ValueError(f"x: expected {cin if shared else k * cin} channels, got {c_in}")
     ph, pw = (h + 2 * padding - ks + 1) // 2, (w + 2 * padding - ks + 1) // 2
     out = torch.empty((b, k * cout, ph, pw), device=x.device, dtype=x.dtype)
+    code = torch.empty(out.shape, device=x.device, dtype=torch.int8) if return_code else None
     m = b * ph * pw
     if m == 0 or k == 0:
-        return out
+        return (out, code) if return_code else out
     wt = weight.to(x.dtype).reshape(k, cout, cin * ks * ks).contiguous()
     bs = bias.to(x.dtype).contiguous()
     sb, sc, sh, sw = x.stride()
@@ -108,9 +115,10 @@ def conv_act_pool(
         for b0 in range(0, b, b_step):
             b1 = min(b, b0 + b_step)
             o = out[b0:b1, k0 * cout : k1 * cout]
+            c = code[b0:b1, k0 * cout : k1 * cout] if code is not None else o  # o: never written
             mb = (b1 - b0) * ph * pw
             _kernel()[((mb + block_m - 1) // block_m, k1 - k0)](
-                xk[b0:b1], wt[k0:k1], bs[k0:k1], o,
+                xk[b0:b1], wt[k0:k1], bs[k0:k1], o, c,
                 mb, h, w, ph, pw, r,
                 sb, 0 if shared else cin * sc, sc, sh, sw,
                 *o.stride(),
@@ -118,6 +126,56 @@ def conv_act_pool(
                 COUT=cout, KS=ks, PAD=padding, ACT=ACTIVATIONS[activation],
                 BLOCK_M=block_m, BLOCK_N=max(16, 1 << (cout - 1).bit_length()), BLOCK_R=BLOCK_R,
                 # bfloat16 tiles are widened to float32 in the kernel; TF32 holds them exactly
-                PRECISION=precision if x.dtype == torch.float32 else "tf32", **tune,
+                PRECISION=precision if x.dtype == torch.float32 else "tf32", WRITE_CODE=code is not None,
+                **tune,
             )  # fmt: skip
-    return out
+    return (out, code) if return_code else out
+
+
+class _Block(torch.autograd.Function):
+    """The fused block with an input gradient (attacks: the weights are frozen).
+
+    Backward: the output gradient times the activation's slope, routed to the window position that
+    won the max (the saved int8 code; ``max_unpool2d`` writes the full-resolution map), then cuDNN's
+    convolution input gradient. The full-resolution forward output is never written.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, shared, padding, activation, slope, precision):  # noqa: ANN001, ANN205
+        out, code = conv_act_pool(x, weight, bias, shared=shared, padding=padding, activation=activation,
+                                  negative_slope=slope, precision=precision, return_code=True)  # fmt: skip
+        ctx.save_for_backward(out, code, weight)
+        ctx.meta = (x.shape, shared, padding, 0.0 if activation == "relu" else float(slope), precision)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            raise ValueError("the fused kernel gives input gradients only; train with 'grouped'")
+        out, code, weight = ctx.saved_tensors
+        x_shape, shared, padding, slope, precision = ctx.meta
+        k, cout, cin, ks, _ = weight.shape
+        hc, wc = x_shape[2] + 2 * padding - ks + 1, x_shape[3] + 2 * padding - ks + 1
+        ph, pw = out.shape[2:]
+        g = grad_out * torch.where(out > 0, 1.0, slope).to(grad_out.dtype)
+        rows = torch.arange(ph, device=out.device) * (2 * wc)
+        cols = torch.arange(pw, device=out.device) * 2
+        code = code.long()
+        idx = rows[:, None] + cols[None, :] + (code // 2) * wc + code % 2
+        full = F.max_unpool2d(g, idx, 2, output_size=(hc, wc))
+        w = weight.reshape(k * cout, cin, ks, ks).to(full.dtype)
+        # the forward's precision (TF32 or IEEE float32), not whatever the global flags say now
+        with _precision(parse_strategy("grouped+tf32" if precision == "tf32" else "grouped"), full.device):
+            grad_x = torch.nn.grad.conv2d_input(x_shape, w, full, padding=padding, groups=1 if shared else k)
+        return grad_x, None, None, None, None, None, None, None
+
+
+def block(
+    x: Tensor, weight: Tensor, bias: Tensor, *, shared: bool, padding: int, activation: str,
+    negative_slope: float = 0.01, precision: str = "tf32",
+) -> Tensor:  # fmt: skip
+    """:func:`conv_act_pool`, differentiable in ``x`` when autograd needs it (attack mode)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Block.apply(x, weight, bias, shared, padding, activation, negative_slope, precision)
+    return conv_act_pool(x, weight, bias, shared=shared, padding=padding, activation=activation,
+                         negative_slope=negative_slope, precision=precision)  # fmt: skip

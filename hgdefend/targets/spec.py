@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .fused import ACTIVATIONS, conv_act_pool
+from .fused import ACTIVATIONS, block
 from .layers import (
     _LAYER_TYPES,
     _TYPE_NAMES,
@@ -238,7 +238,7 @@ class TargetSpec:
                 continue
             act = _fusable_block(order, j) if fused is not None else None
             if act is not None:  # conv → max-pool 2 → activation as one Triton kernel
-                h = conv_act_pool(h, params[f"{i}.weight"], params[f"{i}.bias"], shared=layout == "shared",
+                h = block(h, params[f"{i}.weight"], params[f"{i}.bias"], shared=layout == "shared",
                                   padding=layer.padding, activation=act.fn, negative_slope=act.negative_slope,
                                   precision=fused)  # fmt: skip
                 layout, skip = "grouped", 2

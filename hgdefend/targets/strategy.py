@@ -42,11 +42,11 @@ class StrategyPlan:
     """How one forward is run: a kernel plus optional modifiers (``"grouped+cl+bf16"``).
 
     * kernel ``grouped`` — grouped convolutions; ``fused`` — ``grouped`` with each ``conv → act →
-      2×2 max-pool`` block as one Triton kernel that writes only the pooled map (CUDA, scoring
-      only: it has no backward; :mod:`.fused`); ``unfold`` — members folded into the batch, convs as
-      im2col + batched matmul; ``vmap`` — ``torch.func.vmap`` over the single-network forward;
-      ``loop`` — one network at a time (the reference; ``auto`` picks it on CPU for large
-      calls, see :func:`choose_strategy`).
+      2×2 max-pool`` block as one Triton kernel that writes only the pooled map (CUDA; scoring and
+      attacks: it gives gradients to the inputs, not the weights; :mod:`.fused`); ``unfold`` —
+      members folded into the batch, convs as im2col + batched matmul; ``vmap`` —
+      ``torch.func.vmap`` over the single-network forward; ``loop`` — one network at a time (the
+      reference; ``auto`` picks it on CPU for large calls, see :func:`choose_strategy`).
     * ``cl`` channels-last memory format; ``tf32`` TF32 matmuls/convs on CUDA (plain float32
       elsewhere); ``bf16`` compute in bfloat16, logits returned as float32 (error bound in
       :data:`PRECISION_BOUNDS`); ``compile`` ``torch.compile`` (first call compiles: seconds to
@@ -171,10 +171,10 @@ def resolve_strategy(
             raise ValueError(f"strategy: 'fused' needs a CUDA device (got {dev}); use 'grouped'")
         if not available():
             raise ValueError("strategy: 'fused' needs Triton (it ships with CUDA builds of torch)")
-        if mode != "score":
+        if mode == "train":
             raise ValueError(
-                f"strategy: 'fused' has no backward, so it only scores (torch.no_grad); this call is in "
-                f"{mode!r} mode: use 'grouped' (or 'auto')"
+                "strategy: 'fused' gives gradients to the inputs only (scoring and attacks), and this call "
+                "trains the weights: use 'grouped' (or 'auto')"
             )
     return plan
 
