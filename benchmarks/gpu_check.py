@@ -92,7 +92,7 @@ def main() -> None:
 
     parts = {int(v) for v in args.parts.split(",")}
     if parts & {1, 2, 3}:
-        speed_rows(args, dev, sizes, report, save)
+        speed_rows(args, dev, sizes, report, save, parts)
     if args.data_root and parts & {4, 5}:
         report["train_evaluate"] = train_and_evaluate(args, dev, parts, save, report)
     print(json.dumps(report, indent=1))
@@ -126,11 +126,10 @@ def train_and_evaluate(args, dev: torch.device, parts: set[int], save, report: d
             variants = ["graphed" if faster else "eager"]
         for variant in variants:
             out_dir = model_dir if variant == "eager" else work / f"model_{variant}"
-            # checkpoints are ~200 MB (generator weights and Adam moments): the default interval of
-            # 100 steps would time the disk, not training
+            # the user's command: checkpoints (~200 MB) keep their default, at most one a minute
             cmd = ["train", "--dataset", "mnist", "--data-root", args.data_root, "--out", str(out_dir),
                    "--steps", "1000000", "--time-budget", str(args.train_budget), "--eval-every", "1000",
-                   "--checkpoint-every", "1000000", *dev_arg]  # fmt: skip
+                   *dev_arg]  # fmt: skip
             cmd += ["--cuda-graph"] if variant == "graphed" else []
             res: dict = {"command": "hgdefend " + " ".join(cmd)}
             row[f"train_{variant}"] = res
@@ -179,70 +178,74 @@ def test_accuracy(model: Path, data_root: str, dev: torch.device) -> dict:
     return {"images": len(test), "members": 100, **quick_eval(ens, test, "classification")}
 
 
-def speed_rows(args, dev: torch.device, sizes: tuple, report: dict, save) -> None:
-    """Parts 1-3 on random MNIST-shaped inputs."""
+def speed_rows(args, dev: torch.device, sizes: tuple, report: dict, save, parts: set[int]) -> None:
+    """Parts 1-3 (those in ``parts``) on random MNIST-shaped inputs."""
     k_mem, b_mem, nets, imgs, pgd_steps, reps = sizes
-    # 1. members at K=100, B=1000
-    pool = members_bench.CUDA_STRATEGIES if dev.type == "cuda" else members_bench.CPU_STRATEGIES
-    pool = args.strategies.split(",") if args.strategies else pool
-    strategies = [s for s in pool if not (args.skip_compile and ("compile" in s or "graph" in s))]
-    m = members_bench.main(["--device", str(dev), "--k", str(k_mem), "--batch", str(b_mem),
-                            "--modes", "score,train,attack", "--strategies", ",".join(strategies),
-                            "--min-time", "0.3"])  # fmt: skip
-    report["members_k100_b1000"] = m["results"]
-    best = {}
-    for mode in ("score", "train", "attack"):
-        rows = [r for r in m["results"] if r["mode"] == mode and "member_images_per_s" in r]
-        fp32 = [r for r in rows if "bf16" not in r["strategy"] and r["strategy"] != "loop"]
-        loop = next((r for r in rows if r["strategy"] == "loop"), None)
-        top = max(fp32, key=lambda r: r["member_images_per_s"], default=None)
-        if top and loop:
-            best[mode] = {"fastest_non_bf16": top["strategy"],
-                          "member_images_per_s": top["member_images_per_s"],
-                          "loop_member_images_per_s": loop["member_images_per_s"],
-                          "speedup_vs_loop": top["speedup_vs_loop"]}  # fmt: skip
-    report["best_by_mode"] = best
-    save()
+    if 1 in parts:
+        # 1. members at K=100, B=1000
+        pool = members_bench.CUDA_STRATEGIES if dev.type == "cuda" else members_bench.CPU_STRATEGIES
+        pool = args.strategies.split(",") if args.strategies else pool
+        strategies = [s for s in pool if not (args.skip_compile and ("compile" in s or "graph" in s))]
+        m = members_bench.main(["--device", str(dev), "--k", str(k_mem), "--batch", str(b_mem),
+                                "--modes", "score,train,attack", "--strategies", ",".join(strategies),
+                                "--min-time", "0.3"])  # fmt: skip
+        report["members_k100_b1000"] = m["results"]
+        best = {}
+        for mode in ("score", "train", "attack"):
+            rows = [r for r in m["results"] if r["mode"] == mode and "member_images_per_s" in r]
+            fp32 = [r for r in rows if "bf16" not in r["strategy"] and r["strategy"] != "loop"]
+            loop = next((r for r in rows if r["strategy"] == "loop"), None)
+            top = max(fp32, key=lambda r: r["member_images_per_s"], default=None)
+            if top and loop:
+                best[mode] = {"fastest_non_bf16": top["strategy"],
+                              "member_images_per_s": top["member_images_per_s"],
+                              "loop_member_images_per_s": loop["member_images_per_s"],
+                              "speedup_vs_loop": top["speedup_vs_loop"]}  # fmt: skip
+        report["best_by_mode"] = best
+        save()
 
-    # 2. training step: 32 nets x 100 images, batched vs loop, same HyperGAN
     spec = mnist_paper()
     g = torch.Generator().manual_seed(0)
-    data = type("D", (), {})()
-    data.train = Split(torch.rand(2000, 1, 28, 28, generator=g), torch.randint(10, (2000,), generator=g))
-    torch.manual_seed(0)
-    hg = HyperGAN(spec)
-    cfg = TrainConfig(nets_per_step=nets, batch_size=100, lr_schedule="constant")
-    steps = {}
-    for s in ("auto", "grouped", "grouped+tf32", "grouped+bf16", "unfold+tf32", "vmap", "loop"):
-        try:
-            steps[s] = round(time_steps(hg, data, cfg, s, dev, 10 if reps > 1 else 1) * 1e3, 3)
-        except Exception as exc:
-            steps[s] = f"{type(exc).__name__}: {str(exc)[:150]}"
-    # as training runs: steps queued back to back; eager and captured as a CUDA graph
-    both = {"graphed": True, "pipelined": True}
-    variants = {"auto pipelined": {"pipelined": True}, "loop pipelined": {"pipelined": True},
-                "auto graphed": {"graphed": True}, "auto graphed pipelined": both,
-                "grouped graphed pipelined": both}  # fmt: skip
-    for name, kw in variants.items():
-        if kw.get("graphed") and dev.type != "cuda":
-            continue
-        try:
-            n = 30 if reps > 1 else 1
-            steps[name] = round(time_steps(hg, data, cfg, name.split()[0], dev, n, **kw) * 1e3, 3)
-        except Exception as exc:
-            steps[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
-    loop_ms = steps["loop"]
-    report["train_step_ms"] = steps
-    if isinstance(steps.get("loop pipelined"), float):
-        report["train_step_pipelined_loop_over"] = {
-            s: round(steps["loop pipelined"] / v, 2)
-            for s, v in steps.items()
-            if "pipelined" in s and isinstance(v, float)
-        }
-    report["train_step_loop_over"] = {s: round(loop_ms / v, 2) for s, v in steps.items()
-                                      if isinstance(v, float) and isinstance(loop_ms, float)}  # fmt: skip
-    save()
+    if 2 in parts:
+        # 2. training step: 32 nets x 100 images, batched vs loop, same HyperGAN
+        data = type("D", (), {})()
+        data.train = Split(torch.rand(2000, 1, 28, 28, generator=g), torch.randint(10, (2000,), generator=g))
+        torch.manual_seed(0)
+        hg = HyperGAN(spec)
+        cfg = TrainConfig(nets_per_step=nets, batch_size=100, lr_schedule="constant")
+        steps = {}
+        for s in ("auto", "grouped", "grouped+tf32", "grouped+bf16", "unfold+tf32", "vmap", "loop"):
+            try:
+                steps[s] = round(time_steps(hg, data, cfg, s, dev, 10 if reps > 1 else 1) * 1e3, 3)
+            except Exception as exc:
+                steps[s] = f"{type(exc).__name__}: {str(exc)[:150]}"
+        # as training runs: steps queued back to back; eager and captured as a CUDA graph
+        both = {"graphed": True, "pipelined": True}
+        variants = {"auto pipelined": {"pipelined": True}, "loop pipelined": {"pipelined": True},
+                    "auto graphed": {"graphed": True}, "auto graphed pipelined": both,
+                    "grouped graphed pipelined": both}  # fmt: skip
+        for name, kw in variants.items():
+            if kw.get("graphed") and dev.type != "cuda":
+                continue
+            try:
+                n = 30 if reps > 1 else 1
+                steps[name] = round(time_steps(hg, data, cfg, name.split()[0], dev, n, **kw) * 1e3, 3)
+            except Exception as exc:
+                steps[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        loop_ms = steps["loop"]
+        report["train_step_ms"] = steps
+        if isinstance(steps.get("loop pipelined"), float):
+            report["train_step_pipelined_loop_over"] = {
+                s: round(steps["loop pipelined"] / v, 2)
+                for s, v in steps.items()
+                if "pipelined" in s and isinstance(v, float)
+            }
+        report["train_step_loop_over"] = {s: round(loop_ms / v, 2) for s, v in steps.items()
+                                          if isinstance(v, float) and isinstance(loop_ms, float)}  # fmt: skip
+        save()
 
+    if 3 not in parts:
+        return
     # 3. PGD-40 against 10 members, 1000 images
     x = torch.rand(imgs, 1, 28, 28, generator=g).to(dev)
     y = torch.randint(10, (imgs,), generator=g).to(dev)
