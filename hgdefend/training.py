@@ -91,7 +91,12 @@ class TrainConfig:
         self.diversity, self.diversity_weight = check_diversity(self.diversity, self.diversity_weight)
         check_adversarial(self.adversarial, self.adv_eps, self.adv_steps, self.adv_alpha, self.trades_beta)
         if self.strategy != "auto":
-            parse_strategy(self.strategy)  # fail at construction, naming the field
+            plan = parse_strategy(self.strategy)  # fail at construction, naming the field
+            if plan.kernel == "fused" and self.diversity == "gradient":
+                raise HgdefendError(
+                    "strategy: the 'fused' kernel is differentiable once, and diversity 'gradient' "
+                    "differentiates input gradients: use 'grouped' (or 'auto')"
+                )
 
 
 @dataclass

@@ -17,6 +17,8 @@ import torch
 
 from hgdefend.targets import GRAD_PRECISION_BOUNDS, PRECISION_BOUNDS, cifar10_paper, digits_small, mnist_paper
 from hgdefend.targets.fused import available
+from hgdefend.training import TrainConfig
+from hgdefend.validation import HgdefendError
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_triton = pytest.mark.skipif(not available(), reason="Triton is not installed")
@@ -88,28 +90,55 @@ def test_large_calls_are_split_into_launches_that_give_the_same_result():
 
 
 @interpreter
-def test_fused_input_gradients_equal_the_loop_under_the_interpreter():
-    """Attack mode: the gradient of an ensemble loss with respect to the inputs, routed through each
-    pooling window's saved argmax. Random inputs: where a window's values tie exactly, another
-    summation order may pick another position (both are subgradients)."""
+def test_fused_gradients_equal_the_loop_under_the_interpreter():
+    """Attack mode (inputs only) and training (weights, biases and inputs): gradients of an ensemble
+    loss routed through each pooling window's saved argmax. Random inputs: where a window's values
+    tie exactly, another summation order may pick another position (both are subgradients)."""
     out = _interpreted("""
         import torch
         from hgdefend.targets import cifar10_paper, digits_small, mnist_paper
         for spec in (mnist_paper(), cifar10_paper(), digits_small()):
-            p = spec.init_params(3, torch.Generator().manual_seed(0))
+            p0 = spec.init_params(3, torch.Generator().manual_seed(0))
             x = torch.rand(4, *spec.input_shape, generator=torch.Generator().manual_seed(1))
             y = torch.tensor([0, 3, 5, 9])
-            grads = []
-            for strategy in ("loop", "fused", "fused+tf32"):
-                xa = x.clone().requires_grad_()
-                loss = torch.nn.functional.cross_entropy(spec.forward(p, xa, strategy=strategy).mean(0), y)
-                grads.append(torch.autograd.grad(loss, xa)[0])
-            for g in grads[1:]:
-                err = float((g - grads[0]).norm() / grads[0].norm())
-                assert err < 1e-5, (spec.name, err)
+            for weights in (False, True):
+                grads = []
+                for strategy in ("loop", "fused", "fused+tf32"):
+                    p = {n: t.clone().requires_grad_(weights) for n, t in p0.items()}
+                    xa = x.clone().requires_grad_()
+                    logits = spec.forward(p, xa, strategy=strategy)
+                    loss = torch.nn.functional.cross_entropy(logits.mean(0), y)
+                    grads.append(torch.autograd.grad(loss, [xa, *p.values()] if weights else [xa]))
+                for got in grads[1:]:
+                    for g, ref in zip(got, grads[0], strict=True):
+                        err = float((g - ref).norm() / ref.norm())
+                        assert err < 1e-5, (spec.name, weights, err)
             print("ok", spec.name)
     """)
     assert out.count("ok") == 3
+
+
+@interpreter
+def test_training_with_the_fused_kernel_follows_grouped_under_the_interpreter():
+    out = _interpreted("""
+        import torch
+        from hgdefend import HyperGAN, TrainConfig, Trainer, load_data
+        from hgdefend.targets import digits_small
+        data = load_data("digits")
+        weights = {}
+        for strategy in ("grouped", "fused"):
+            torch.manual_seed(0)
+            hg = HyperGAN(digits_small(), noise_dim=32, code_dim=16, hidden=32)
+            cfg = TrainConfig(steps=3, nets_per_step=4, batch_size=16, pretrain_max_steps=2,
+                              strategy=strategy)
+            Trainer(hg, data.train, cfg, progress=False, device="cpu").fit()
+            weights[strategy] = hg.state_dict()
+        a, b = weights["grouped"], weights["fused"]
+        moved = max(float((a[n] - b[n]).abs().max()) for n in a)
+        assert moved < 1e-5, moved
+        print("ok", moved)
+    """)
+    assert out.startswith("ok")
 
 
 @interpreter
@@ -140,10 +169,8 @@ def test_fused_is_refused_where_it_cannot_run(monkeypatch):
         spec.forward(p, x, strategy="fused")
     with pytest.raises(ValueError, match="'fused' is already one kernel"):
         spec.forward(p, x, strategy="fused+compile")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    p = {n: t.requires_grad_() for n, t in p.items()}
-    with pytest.raises(ValueError, match="gradients to the inputs only.*trains the weights"):
-        spec.forward(p, x, strategy="fused")
+    with pytest.raises(HgdefendError, match="differentiable once"):
+        TrainConfig(strategy="fused+tf32", diversity="gradient", diversity_weight=1.0)
 
 
 def test_fused_block_arguments_are_checked():
@@ -191,6 +218,14 @@ def test_fused_on_the_gpu_stays_inside_the_documented_error(spec_fn, monkeypatch
     ):
         err = float((input_grad(strategy) - ref).norm() / ref.norm())
         assert err <= bound, (strategy, err)
+    # training: the weights' gradients too
+    grads = {}
+    for strategy in ("loop", "fused"):
+        w = {n: t.clone().requires_grad_() for n, t in p.items()}
+        loss = torch.nn.functional.cross_entropy(spec.forward(w, x, strategy=strategy).mean(0), y)
+        grads[strategy] = torch.autograd.grad(loss, list(w.values()))
+    for g, ref in zip(grads["fused"], grads["loop"], strict=True):
+        assert float((g - ref).norm() / ref.norm()) <= GRAD_PRECISION_BOUNDS["fp32"]
 
 
 @interpreter

@@ -23,6 +23,7 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .strategy import _precision, parse_strategy
 
@@ -133,29 +134,30 @@ def conv_act_pool(
 
 
 class _Block(torch.autograd.Function):
-    """The fused block with an input gradient (attacks: the weights are frozen).
+    """The fused block with gradients (attacks: to the inputs; training: to the weights too).
 
     Backward: the output gradient times the activation's slope, routed to the window position that
     won the max (the saved int8 code; ``max_unpool2d`` writes the full-resolution map), then cuDNN's
-    convolution input gradient. The full-resolution forward output is never written.
+    convolution gradients for the input and the weights at the forward's precision; the bias gets the
+    routed gradient's sum. The full-resolution forward output is never written. Once differentiable:
+    objectives that differentiate a gradient (``create_graph=True``) need ``grouped``.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, shared, padding, activation, slope, precision):  # noqa: ANN001, ANN205
         out, code = conv_act_pool(x, weight, bias, shared=shared, padding=padding, activation=activation,
                                   negative_slope=slope, precision=precision, return_code=True)  # fmt: skip
-        ctx.save_for_backward(out, code, weight)
-        ctx.meta = (x.shape, shared, padding, 0.0 if activation == "relu" else float(slope), precision)
+        ctx.save_for_backward(x, out, code, weight)
+        ctx.meta = (shared, padding, 0.0 if activation == "relu" else float(slope), precision)
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            raise ValueError("the fused kernel gives input gradients only; train with 'grouped'")
-        out, code, weight = ctx.saved_tensors
-        x_shape, shared, padding, slope, precision = ctx.meta
+        x, out, code, weight = ctx.saved_tensors
+        shared, padding, slope, precision = ctx.meta
         k, cout, cin, ks, _ = weight.shape
-        hc, wc = x_shape[2] + 2 * padding - ks + 1, x_shape[3] + 2 * padding - ks + 1
+        hc, wc = x.shape[2] + 2 * padding - ks + 1, x.shape[3] + 2 * padding - ks + 1
         ph, pw = out.shape[2:]
         g = grad_out * torch.where(out > 0, 1.0, slope).to(grad_out.dtype)
         rows = torch.arange(ph, device=out.device) * (2 * wc)
@@ -164,18 +166,26 @@ class _Block(torch.autograd.Function):
         idx = rows[:, None] + cols[None, :] + (code // 2) * wc + code % 2
         full = F.max_unpool2d(g, idx, 2, output_size=(hc, wc))
         w = weight.reshape(k * cout, cin, ks, ks).to(full.dtype)
+        groups = 1 if shared else k
+        grad_x = grad_w = grad_b = None
         # the forward's precision (TF32 or IEEE float32), not whatever the global flags say now
         with _precision(parse_strategy("grouped+tf32" if precision == "tf32" else "grouped"), full.device):
-            grad_x = torch.nn.grad.conv2d_input(x_shape, w, full, padding=padding, groups=1 if shared else k)
-        return grad_x, None, None, None, None, None, None, None
+            if ctx.needs_input_grad[0]:
+                grad_x = torch.nn.grad.conv2d_input(x.shape, w, full, padding=padding, groups=groups)
+            if ctx.needs_input_grad[1]:
+                grad_w = torch.nn.grad.conv2d_weight(x.to(full.dtype), w.shape, full, padding=padding,
+                                                     groups=groups).reshape(weight.shape)  # fmt: skip
+        if ctx.needs_input_grad[2]:
+            grad_b = g.sum((0, 2, 3)).reshape(k, cout)
+        return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
 def block(
     x: Tensor, weight: Tensor, bias: Tensor, *, shared: bool, padding: int, activation: str,
     negative_slope: float = 0.01, precision: str = "tf32",
 ) -> Tensor:  # fmt: skip
-    """:func:`conv_act_pool`, differentiable in ``x`` when autograd needs it (attack mode)."""
-    if torch.is_grad_enabled() and x.requires_grad:
+    """:func:`conv_act_pool`, differentiable when autograd needs it (attacks, training)."""
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
         return _Block.apply(x, weight, bias, shared, padding, activation, negative_slope, precision)
     return conv_act_pool(x, weight, bias, shared=shared, padding=padding, activation=activation,
                          negative_slope=negative_slope, precision=precision)  # fmt: skip

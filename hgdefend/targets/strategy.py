@@ -42,8 +42,8 @@ class StrategyPlan:
     """How one forward is run: a kernel plus optional modifiers (``"grouped+cl+bf16"``).
 
     * kernel ``grouped`` — grouped convolutions; ``fused`` — ``grouped`` with each ``conv → act →
-      2×2 max-pool`` block as one Triton kernel that writes only the pooled map (CUDA; scoring and
-      attacks: it gives gradients to the inputs, not the weights; :mod:`.fused`); ``unfold`` —
+      2×2 max-pool`` block as one Triton kernel that writes only the pooled map (CUDA; its backward
+      routes through each window's saved argmax; :mod:`.fused`); ``unfold`` —
       members folded into the batch, convs as im2col + batched matmul; ``vmap`` —
       ``torch.func.vmap`` over the single-network forward; ``loop`` — one network at a time (the
       reference; ``auto`` picks it on CPU for large calls, see :func:`choose_strategy`).
@@ -171,11 +171,6 @@ def resolve_strategy(
             raise ValueError(f"strategy: 'fused' needs a CUDA device (got {dev}); use 'grouped'")
         if not available():
             raise ValueError("strategy: 'fused' needs Triton (it ships with CUDA builds of torch)")
-        if mode == "train":
-            raise ValueError(
-                "strategy: 'fused' gives gradients to the inputs only (scoring and attacks), and this call "
-                "trains the weights: use 'grouped' (or 'auto')"
-            )
     return plan
 
 
