@@ -234,3 +234,35 @@ def test_fused_kernel_benchmark_quick():
                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert '"fused+tf32"' in out.stdout and '"best_launch"' in out.stdout
+
+
+def test_the_automatic_choice_falls_back_where_the_kernel_cannot_run(monkeypatch):
+    """A GPU whose Triton cannot compile scores with grouped and one warning, not a failure per call."""
+    from hgdefend.targets import fused
+    from hgdefend.targets.strategy import choose_strategy
+
+    monkeypatch.delenv("HGDEFEND_STRATEGY", raising=False)
+    monkeypatch.setattr(fused, "_USABLE", {})
+    monkeypatch.setattr(fused, "available", lambda: True)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(fused, "conv_act_pool", broken)
+    with pytest.warns(RuntimeWarning, match="not usable on cpu.*no compiler"):
+        assert fused.usable("cpu") is False
+    assert fused.usable("cpu") is False  # checked once per device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(fused, "usable", lambda device: False)
+    assert choose_strategy("cuda", "score") == "grouped+tf32"
+    monkeypatch.setattr(fused, "usable", lambda device: True)
+    assert choose_strategy("cuda", "score") == "fused+tf32"
+
+
+@interpreter
+def test_the_kernel_is_usable_under_the_interpreter():
+    out = _interpreted("""
+        from hgdefend.targets.fused import usable
+        print("usable", usable("cpu"))
+    """)
+    assert "usable True" in out

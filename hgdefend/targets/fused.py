@@ -19,6 +19,7 @@ on CPU tensors (the tests check it against ``conv2d`` there).
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,38 @@ def available() -> bool:
     except Exception:  # an import of a broken install can fail in many ways
         return False
     return True
+
+
+_USABLE: dict[str, bool] = {}
+
+
+def usable(device: torch.device | str) -> bool:
+    """Whether the kernel compiles and computes a small block right on ``device`` (checked once per
+    device). The automatic choice asks this before it picks ``fused``, so a machine whose Triton
+    cannot compile (no compiler, an unsupported GPU) scores with ``grouped`` and a warning instead of
+    failing every call."""
+    dev = torch.device(device)
+    key = str(dev)
+    if key not in _USABLE:
+        ok, why = available(), "Triton cannot be imported"
+        if ok:
+            try:
+                g = torch.Generator().manual_seed(0)
+                x, w, b = (
+                    torch.randn(s, generator=g).to(dev) for s in ((2, 1, 6, 6), (1, 16, 1, 3, 3), (1, 16))
+                )
+                with torch.no_grad():
+                    got = conv_act_pool(x, w, b, shared=True, padding=1, activation="relu", precision="ieee")
+                    ref = F.max_pool2d(F.relu(F.conv2d(x, w[0], b[0], padding=1)), 2)
+                ok = bool(torch.allclose(got, ref, rtol=1e-4, atol=1e-4))
+                why = "it computed a test block wrongly"
+            except Exception as exc:  # any failure to compile or launch means: do not use it here
+                ok, why = False, f"{type(exc).__name__}: {str(exc)[:200]}"
+        if not ok:
+            warnings.warn(f"the fused member kernel is not usable on {key} ({why}); scoring with "
+                          "'grouped' instead", RuntimeWarning, stacklevel=2)  # fmt: skip
+        _USABLE[key] = ok
+    return _USABLE[key]
 
 
 @functools.cache

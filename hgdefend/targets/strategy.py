@@ -144,9 +144,10 @@ def choose_strategy(device: torch.device | str, mode: str = "score", work: int |
         return "loop"
     choice = DEFAULT_STRATEGIES.get((dev, mode), "grouped")
     if choice.startswith("fused"):
-        from .fused import available
+        from .fused import available, usable
 
-        if not available():  # no Triton: the fastest strategy without it
+        # no Triton, or one that cannot compile here: the fastest strategy without it
+        if not available() or (dev == "cuda" and torch.cuda.is_available() and not usable(device)):
             return choice.replace("fused", "grouped", 1)
     return choice
 
