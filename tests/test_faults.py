@@ -21,6 +21,8 @@ TRAIN = [
     "300",
     "--checkpoint-every",
     "20",
+    "--checkpoint-min-interval",  # a checkpoint every 20 steps, however fast they run
+    "0",
     "--eval-every",
     "100",
     "--quiet",

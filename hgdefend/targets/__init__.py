@@ -19,9 +19,11 @@ per network (:func:`choose_strategy`). The loop is also the reference every othe
 tested against.
 
 Modules: :mod:`.layers` (layer vocabulary, parameter groups and keys, the ``Target`` protocol),
-:mod:`.strategy` (strategy names and the automatic choice), :mod:`.spec` (``TargetSpec`` and its
-batched kernels), :mod:`.builtin` (the built-in nets), :mod:`.module` (``ModuleTarget`` and
-:func:`target_from_config`), :mod:`.head` (``HeadTarget``).
+:mod:`.strategy` (strategy names and the automatic choice), :mod:`.precision` (TF32 or IEEE float32
+for a call), :mod:`.spec` (``TargetSpec`` and its batched kernels), :mod:`.fused` (the Triton
+``conv → act → max-pool`` kernel of the ``fused`` strategy, in :mod:`._triton_conv`),
+:mod:`.builtin` (the built-in nets), :mod:`.module` (``ModuleTarget`` and :func:`target_from_config`),
+:mod:`.head` (``HeadTarget``).
 """
 
 from .builtin import (

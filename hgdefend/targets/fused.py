@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .strategy import _precision, parse_strategy
+from .precision import matmul_precision
 
 ACTIVATIONS = {"leaky_relu": 0, "relu": 1}
 """Activations the kernel applies after the pool (both non-decreasing: they commute with max)."""
@@ -202,7 +202,7 @@ class _Block(torch.autograd.Function):
         groups = 1 if shared else k
         grad_x = grad_w = grad_b = None
         # the forward's precision (TF32 or IEEE float32), not whatever the global flags say now
-        with _precision(parse_strategy("grouped+tf32" if precision == "tf32" else "grouped"), full.device):
+        with matmul_precision(precision, full.device):
             if ctx.needs_input_grad[0]:
                 grad_x = torch.nn.grad.conv2d_input(x.shape, w, full, padding=padding, groups=groups)
             if ctx.needs_input_grad[1]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .layers import Params
+from .precision import matmul_precision
 
 KERNELS = ("grouped", "fused", "unfold", "vmap", "loop")
 STRATEGIES = ("auto", *KERNELS)
@@ -177,26 +178,6 @@ def resolve_strategy(
 
 @contextlib.contextmanager
 def _precision(plan: StrategyPlan, device: torch.device) -> Iterator[None]:
-    """On CUDA, pin float32 matmul/conv precision to IEEE (fp32) or TF32 for the call; a no-op elsewhere.
-
-    (cuDNN convolutions default to TF32 on recent GPUs, so "fp32" must say so explicitly.)
-    """
-    if device.type != "cuda":
+    """The plan's float32 precision on CUDA for the call (:func:`.precision.matmul_precision`)."""
+    with matmul_precision(plan.precision, device):
         yield
-        return
-    mm, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
-    want = "tf32" if plan.precision == "tf32" else "ieee"
-    if hasattr(mm, "fp32_precision") and hasattr(conv, "fp32_precision"):
-        old = (mm.fp32_precision, conv.fp32_precision)
-        mm.fp32_precision = conv.fp32_precision = want
-        try:
-            yield
-        finally:
-            mm.fp32_precision, conv.fp32_precision = old
-        return
-    old_flags = (mm.allow_tf32, torch.backends.cudnn.allow_tf32)  # torch before the fp32_precision API
-    mm.allow_tf32 = torch.backends.cudnn.allow_tf32 = want == "tf32"
-    try:
-        yield
-    finally:
-        mm.allow_tf32, torch.backends.cudnn.allow_tf32 = old_flags
