@@ -62,7 +62,8 @@ SCORES = {"hypergan": "entropy", "deep-ensemble": "entropy", "single": "max_prob
 
 # --------------------------------------------------------------------------- training
 def _adv_kw(args: argparse.Namespace) -> dict:
-    return {"adversarial": args.adv_method, "adv_eps": args.train_eps, "adv_steps": args.adv_steps}
+    return {"adversarial": args.adv_method, "adv_eps": args.train_eps, "adv_steps": args.adv_steps,
+            "adv_eps_warmup": args.adv_eps_warmup}  # fmt: skip
 
 
 def train_method(method: str, data, args: argparse.Namespace, dev: torch.device) -> tuple[dict, dict]:
@@ -252,6 +253,7 @@ def main() -> None:
     p.add_argument("--adv-method", default="pgd", choices=("pgd", "fgsm", "trades"))
     p.add_argument("--train-eps", type=float, default=0.3)
     p.add_argument("--adv-steps", type=int, default=7)
+    p.add_argument("--adv-eps-warmup", type=int, default=0, help="steps over which the training eps ramps up")
     p.add_argument("--detector-train", type=int, default=10_000, help="clean inputs (+ as many FGSM ones)")
     p.add_argument("--detector-epochs", type=int, default=3)
     p.add_argument("--eps", type=lambda s: [float(v) for v in s.split(",")], default=[0.1, 0.3])

@@ -114,6 +114,7 @@ def train_model(
     adv_steps: int | None = None,
     adv_alpha: float | None = None,
     trades_beta: float | None = None,
+    adv_eps_warmup: int | None = None,
     noise_dim: int | None = None,
     code_dim: int | None = None,
     hidden: int | None = None,
@@ -145,8 +146,8 @@ def train_model(
     created), and ``resume=True`` continues from it. ``time_budget`` (seconds) stops training early
     and anneals the learning rate over it; ``cuda_graph`` replays the step as one CUDA graph
     (:mod:`hgdefend.graphed_step`; plain recipe on a GPU). ``adversarial`` (with ``adv_eps``,
-    ``adv_steps``, ``adv_alpha``, ``trades_beta``) trains on inputs crafted against each step's
-    networks (:mod:`hgdefend.adversarial`). ``dist`` (from
+    ``adv_steps``, ``adv_alpha``, ``trades_beta``, ``adv_eps_warmup``) trains on inputs crafted
+    against each step's networks (:mod:`hgdefend.adversarial`). ``dist`` (from
     :func:`hgdefend.distributed.init_distributed`) trains across the ranks of a torchrun launch: the
     same model as one process; only rank 0 shows progress and writes the checkpoint.
     """
@@ -157,7 +158,7 @@ def train_model(
         hp["noise_dim"] = len(target.param_groups) * hp["code_dim"]
     given = {"steps": steps, "nets_per_step": nets_per_step, "batch_size": batch_size, "lr": lr,
              "adv_eps": adv_eps, "adv_steps": adv_steps, "adv_alpha": adv_alpha,
-             "trades_beta": trades_beta}  # fmt: skip
+             "trades_beta": trades_beta, "adv_eps_warmup": adv_eps_warmup}  # fmt: skip
     cfg = replace(  # validates the result (TrainConfig.__post_init__)
         cfg,
         **{k: v for k, v in given.items() if v is not None},

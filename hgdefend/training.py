@@ -69,6 +69,9 @@ class TrainConfig:
     adv_steps: int = 7  # PGD / TRADES steps (FGSM takes one)
     adv_alpha: float | None = None  # step size; None: 2.5·eps/steps (PGD, TRADES), 1.25·eps (FGSM)
     trades_beta: float = 6.0  # TRADES' weight of the clean–adversarial KL term
+    # steps over which the adversarial eps ramps linearly up to adv_eps (0: the full eps from the
+    # first step, which made PGD- and FGSM-trained HyperGANs collapse onto one class on MNIST)
+    adv_eps_warmup: int = 0
     cuda_graph: bool = False  # capture the plain step as one CUDA graph (hgdefend.graphed_step)
 
     def __post_init__(self) -> None:
@@ -90,6 +93,9 @@ class TrainConfig:
         self.betas = tuple(self.betas)
         self.diversity, self.diversity_weight = check_diversity(self.diversity, self.diversity_weight)
         check_adversarial(self.adversarial, self.adv_eps, self.adv_steps, self.adv_alpha, self.trades_beta)
+        warm = self.adv_eps_warmup
+        if isinstance(warm, bool) or not isinstance(warm, int) or warm < 0:
+            raise HgdefendError(f"adv_eps_warmup: expected a number of steps >= 0, got {warm!r}")
         if self.strategy != "auto":
             plan = parse_strategy(self.strategy)  # fail at construction, naming the field
             if plan.kernel == "fused" and self.diversity == "gradient":
@@ -146,8 +152,10 @@ def step_loss(
     task: str,
     cfg: TrainConfig,
     g: torch.Generator,
+    step: int = 0,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """(task loss, member logits, logs) of one step: on the batch, or adversarial (``cfg.adversarial``).
+    """(task loss, member logits, logs) of one step: on the batch, or adversarial (``cfg.adversarial``,
+    at ``adv_eps`` scaled by the warm-up: ``(step + 1) / adv_eps_warmup`` until it reaches 1).
     The logs are detached tensors: :class:`_Loop` reads them every few steps, not every step."""
     if cfg.adversarial == "none":
         logits = forward(params, x)
@@ -155,7 +163,8 @@ def step_loss(
         return loss, logits, {"loss": loss.detach()}
     if task != "classification":
         raise HgdefendError(f"adversarial: {cfg.adversarial!r} needs a classification target")
-    loss, logits, logs = adversarial_loss(forward, params, x, y, method=cfg.adversarial, eps=cfg.adv_eps,
+    eps = cfg.adv_eps * min(1.0, (step + 1) / cfg.adv_eps_warmup) if cfg.adv_eps_warmup else cfg.adv_eps
+    loss, logits, logs = adversarial_loss(forward, params, x, y, method=cfg.adversarial, eps=eps,
                                           steps=cfg.adv_steps, alpha=cfg.adv_alpha,
                                           trades_beta=cfg.trades_beta, generator=g)  # fmt: skip
     return loss, logits, {"loss": loss.detach(), **logs}
@@ -361,7 +370,14 @@ class Trainer:
             idx = self.dist.batch(idx)
         xb, yb = self.x[idx], self.y[idx]
         loss, logits, logs = step_loss(
-            lambda p, x: hg.target.forward(p, x, strategy=cfg.strategy), params, xb, yb, self.task, cfg, g
+            lambda p, x: hg.target.forward(p, x, strategy=cfg.strategy),
+            params,
+            xb,
+            yb,
+            self.task,
+            cfg,
+            g,
+            step,
         )
         reg = hg.regulariser_loss(codes, g)
         total = loss + hg.beta * reg
@@ -492,7 +508,7 @@ def train_members(
         idx = rng.randint(len(x), min(cfg.batch_size, len(x)), g, dev)
         loss, _, logs = step_loss(
             lambda p, xb: target.forward(p, xb, dropout=dropout, strategy=cfg.strategy),
-            params, x[idx], y[idx], target.task, cfg, g,
+            params, x[idx], y[idx], target.task, cfg, g, step,
         )  # fmt: skip
         opt.zero_grad(set_to_none=True)
         (loss * k).backward()  # each member's gradient as if alone

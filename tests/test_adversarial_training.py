@@ -83,7 +83,7 @@ def test_deep_ensemble_baseline_trains_adversarially_too(digits):
 @pytest.mark.parametrize(
     "field,value",
     [("adversarial", "madry"), ("adv_eps", -0.1), ("adv_eps", 0.0), ("adv_steps", 0), ("adv_alpha", 0.0),
-     ("trades_beta", float("nan"))],
+     ("trades_beta", float("nan")), ("adv_eps_warmup", -1), ("adv_eps_warmup", 2.5)],
 )  # fmt: skip
 def test_bad_adversarial_config_is_one_clear_error(field, value):
     kw = {"adversarial": "pgd", field: value}
@@ -93,13 +93,14 @@ def test_bad_adversarial_config_is_one_clear_error(field, value):
 
 def test_model_file_records_adversarial_training_and_info_shows_it(tmp_path):
     out = tmp_path / "m"
-    args = ["--steps", "5", "--adversarial", "trades", "--eps", "0.2", "--adv-steps", "2", "--quiet"]
+    args = ["--steps", "5", "--adversarial", "trades", "--eps", "0.2", "--adv-steps", "2",
+            "--adv-eps-warmup", "4", "--quiet"]  # fmt: skip
     r = CliRunner().invoke(cli, ["train", "--out", str(out), *args, "--threads", "1"])
     assert r.exit_code == 0, r.output
     recipe = load_model(out / "model.safetensors").config["training"]["recipe"]
     assert (recipe["adversarial"], recipe["adv_eps"], recipe["adv_steps"]) == ("trades", 0.2, 2)
     info = CliRunner().invoke(cli, ["info", "--model", str(out / "model.safetensors")])
-    assert "trades at L∞ eps 0.2, 2 steps, beta 6" in info.output
+    assert "trades at L∞ eps 0.2, 2 steps, beta 6, eps warmed up over 4 steps" in info.output
     bad = CliRunner().invoke(
         cli, ["train", "--out", str(tmp_path / "b"), "--adversarial", "pgd", "--eps", "-1"]
     )
@@ -113,3 +114,20 @@ def test_diversity_objectives_keep_working_with_adversarial_training(digits):
     last = tm.result.history[-1]
     assert {"adv_loss", "diversity"} <= set(last)
     assert (tm.training["recipe"]["adversarial"], tm.training["recipe"]["diversity"]) == ("fgsm", "offdata")
+
+
+def test_the_training_eps_ramps_up_over_the_warm_up(monkeypatch, digits):
+    """Step s crafts at eps · min(1, (s + 1) / warm-up): a linear ramp, then the full budget."""
+    from hgdefend import training
+
+    used: list[float] = []
+    real = training.adversarial_loss
+
+    def recording(*args, **kwargs):
+        used.append(kwargs["eps"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "adversarial_loss", recording)
+    train_model(digits, seed=0, steps=6, nets_per_step=2, adversarial="fgsm", adv_eps=0.2, adv_eps_warmup=4,
+                progress=False)  # fmt: skip
+    assert used == pytest.approx([0.05, 0.1, 0.15, 0.2, 0.2, 0.2])

@@ -47,7 +47,7 @@ def info(model: str, as_json: bool, backbone: str | None, backbone_weights: str 
                  if "diversity" in recipe else None)  # fmt: skip
     adversarial = None
     if recipe.get("adversarial", "none") != "none":
-        keys = ("adversarial", "adv_eps", "adv_steps", "adv_alpha", "trades_beta")
+        keys = ("adversarial", "adv_eps", "adv_steps", "adv_alpha", "trades_beta", "adv_eps_warmup")
         adversarial = {k: recipe.get(k) for k in keys}
     elif "diversity" in recipe:  # a recipe written before adversarial training existed means none
         adversarial = {"adversarial": "none"}
@@ -92,6 +92,8 @@ def _adversarial_line(adv: dict | None) -> str:
         line += f", {adv['adv_steps']} steps"
     if adv["adversarial"] == "trades":
         line += f", beta {adv['trades_beta']:g}"
+    if adv.get("adv_eps_warmup"):
+        line += f", eps warmed up over {adv['adv_eps_warmup']} steps"
     return line
 
 

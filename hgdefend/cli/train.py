@@ -82,6 +82,13 @@ OUTPUTS = ("model.safetensors", "checkpoint.safetensors", "train_log.json")
 @click.option("--adv-steps", type=int, default=None, help="Attack steps of pgd/trades [default: 7].")
 @click.option("--adv-alpha", type=float, default=None, help="Attack step size [default: 2.5·eps/steps].")
 @click.option("--trades-beta", type=float, default=None, help="TRADES' KL weight [default: 6].")
+@click.option(
+    "--adv-eps-warmup",
+    type=int,
+    default=None,
+    metavar="STEPS",
+    help="Ramp --eps linearly up from 0 over this many steps [default: 0, the full eps from the start].",
+)
 @click.option("--noise-dim", type=int, default=None, help="HyperGAN noise size [default: per dataset].")
 @click.option("--code-dim", type=int, default=None, help="Per-layer code size [default: per dataset].")
 @click.option("--hidden", type=int, default=None, help="Hidden width of mixer and generators.")
@@ -141,7 +148,7 @@ OUTPUTS = ("model.safetensors", "checkpoint.safetensors", "train_log.json")
 @friendly_errors
 def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, steps, nets_per_step,
           batch_size, lr, regulariser, beta, diversity, diversity_weight, adversarial, adv_eps,
-          adv_steps, adv_alpha, trades_beta, noise_dim, code_dim, hidden,
+          adv_steps, adv_alpha, trades_beta, adv_eps_warmup, noise_dim, code_dim, hidden,
           no_mixer, eval_every, checkpoint_every, checkpoint_min_interval, time_budget, cuda_graph, resume,
           dist_split, dist_timeout, compact, backbone, backbone_weights, generate, seed, device, threads,
           quiet) -> None:  # fmt: skip
@@ -190,7 +197,7 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
                               diversity_weight=(1.0 if diversity != "none" else 0.0)
                               if diversity_weight is None else diversity_weight,
                               adversarial=adversarial, adv_eps=adv_eps, adv_steps=adv_steps,
-                              adv_alpha=adv_alpha, trades_beta=trades_beta,
+                              adv_alpha=adv_alpha, trades_beta=trades_beta, adv_eps_warmup=adv_eps_warmup,
                               noise_dim=noise_dim, code_dim=code_dim, hidden=hidden, mixer=not no_mixer,
                               eval_every=eval_every, checkpoint_every=checkpoint_every,
                               checkpoint_min_interval=checkpoint_min_interval,
