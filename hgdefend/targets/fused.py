@@ -11,9 +11,10 @@ supported activations are non-decreasing, so they commute with the max.
 
 The input is either shared by all K members (the first layer: ``[B, C, H, W]``, member stride 0) or
 grouped (``[B, K*C, H, W]``, member k reads channels ``k*C .. k*C+C-1``); the output is grouped,
-``[B, K*Cout, H', W']``, as :meth:`TargetSpec._forward_grouped` lays it out. No backward: the
-``fused`` strategy is for scoring (no gradients) on CUDA. ``TRITON_INTERPRET=1`` runs the same kernel
-on CPU tensors (the tests check it against ``conv2d`` there).
+``[B, K*Cout, H', W']``, as :meth:`TargetSpec._forward_grouped` lays it out. Gradients (attacks,
+training) come from :class:`_Block`: the kernel also saves which window position won, and the
+backward routes the pooled gradient there into cuDNN's convolution gradients. CUDA only;
+``TRITON_INTERPRET=1`` runs the same kernel on CPU tensors (the tests check it against ``conv2d``).
 """
 
 from __future__ import annotations
