@@ -207,6 +207,13 @@ class Distributed:
                 t.copy_(flat[offset : offset + n].view_as(t).to(t.dtype))
                 offset += n
 
+    def agree(self, flag: bool, what: str = "a decision") -> bool:
+        """Rank 0's ``flag`` on every rank: for decisions each rank could make differently (one read
+        from its own clock) that must not send the ranks down different collectives."""
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        self._collective(what, lambda: _dist().broadcast(t, src=0))
+        return bool(t.item())
+
     def barrier(self, what: str = "a barrier") -> None:
         # an all-reduce rather than dist.barrier(): it runs on this rank's device with every backend
         token = torch.zeros(1, device=self.device)

@@ -234,6 +234,8 @@ class _Loop:
         self.cfg, self.progress, self.desc = cfg, progress, desc
         self.optimizers = list(optimizers or [])
         self.elapsed_before = float(elapsed_before)
+        # under torchrun: rank 0's answer to "is a checkpoint due?" (a rank's clock may say otherwise)
+        self.agree: Callable[[bool], bool] | None = None
 
     def run(
         self,
@@ -277,10 +279,11 @@ class _Loop:
                 last = step >= cfg.steps or out_of_time
                 if eval_fn and (last or (cfg.eval_every and step % cfg.eval_every == 0)):
                     history.append({"step": step, "seconds": now, **_floats(logs), **eval_fn()})
-                due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
-                if checkpoint_fn and (
-                    last or (due and now - last_checkpoint >= cfg.checkpoint_min_interval_s)
-                ):
+                due = bool(checkpoint_fn and cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+                write = last or (due and now - last_checkpoint >= cfg.checkpoint_min_interval_s)
+                if due and not last and cfg.checkpoint_min_interval_s > 0 and self.agree is not None:
+                    write = self.agree(write)  # the checkpoint is a collective: all ranks or none
+                if checkpoint_fn and write:
                     checkpoint_fn(step, history, now)
                     last_checkpoint = now
                 if out_of_time:
@@ -448,6 +451,8 @@ class Trainer:
         loop = _Loop(self.cfg, self.progress, "train hypergan", list(self.optimizers.values()), seconds)
         if self.checkpoint and self.dist is not None:
             ckpt = self.dist.once("writing the checkpoint", ckpt)  # rank 0 writes, after a barrier
+            dist = self.dist
+            loop.agree = lambda flag: dist.agree(flag, "the checkpoint decision")
         step_fn = GraphedStep(self, task_loss) if self.cfg.cuda_graph else self._step
         step, secs = loop.run(start, step_fn, self._eval, ckpt if self.checkpoint else None,
                               history)  # fmt: skip

@@ -137,6 +137,9 @@ def _worker(rank: int, world: int, port: int, mode: str, out: str, timeout_s: fl
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
     torch.set_num_threads(1)
     dist = init_distributed(device="cpu", timeout_s=timeout_s)
+    if mode == "agree":
+        _agree_worker(rank, dist, Path(out))
+        return
     if mode.startswith("shard"):
         x, y = _eval_inputs(int(mode.split(":")[1]))
         lin, unused = torch.nn.Linear(3, 2), torch.nn.Parameter(torch.ones(2))
@@ -166,6 +169,35 @@ def _worker(rank: int, world: int, port: int, mode: str, out: str, timeout_s: fl
         (Path(out) / f"rank{rank}.txt").write_text(f"{time.monotonic() - t0:.2f}\n{exc}")
         os._exit(3)
     os._exit(0)
+
+
+def _agree_worker(rank: int, dist, out: Path) -> None:
+    """Checkpoints at most every 15 s of training, every step due; rank 0's clock moves 10 s a step,
+    rank 1's stands still. Each step all-reduces gradients, the checkpoint is a barrier: the ranks
+    must agree on every checkpoint, or their collectives mismatch."""
+    from hgdefend import training
+
+    ticks = iter(range(0, 100_000, 10)) if rank == 0 else iter([0] * 100_000)
+    training._clock = lambda: float(next(ticks))
+    lin = torch.nn.Linear(3, 2)
+
+    def step(s: int, g: torch.Generator) -> dict:
+        lin.weight.grad, lin.bias.grad = torch.ones(2, 3), torch.ones(2)
+        dist.average_gradients([lin.weight, lin.bias])
+        return {}
+
+    written: list[int] = []
+
+    def checkpoint(s: int, history: list, seconds: float) -> None:
+        written.append(s)
+        dist.run_once("writing the checkpoint", lambda: None)
+
+    cfg = TrainConfig(steps=6, checkpoint_every=1, checkpoint_min_interval_s=15.0)
+    loop = training._Loop(cfg, False, "t")
+    loop.agree = lambda flag: dist.agree(flag, "the checkpoint decision")
+    loop.run(0, step, None, checkpoint, [])
+    (out / f"rank{rank}.txt").write_text(",".join(map(str, written)))
+    dist.close()
 
 
 def _spawn(mode: str, out: Path, timeout_s: float = 20.0, world: int = 2) -> list:
@@ -211,8 +243,8 @@ def test_a_killed_torchrun_rank_stops_the_cli_run(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen(
         _torchrun("train", "--dataset", "digits", "--out", str(out), "--steps", "100000",
-                  "--eval-every", "0", "--checkpoint-every", "1", "--threads", "1", "--quiet",
-                  "--dist-timeout", "20"),
+                  "--eval-every", "0", "--checkpoint-every", "1", "--checkpoint-min-interval", "0",
+                  "--threads", "1", "--quiet", "--dist-timeout", "20"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=tmp_path,
     )  # fmt: skip
     try:
@@ -255,6 +287,15 @@ def _rank_pid(launcher: int, rank: int) -> int:
         except (FileNotFoundError, ProcessLookupError):
             continue
     raise AssertionError(f"no worker with RANK={rank} under pid {launcher}")
+
+
+def test_ranks_agree_on_time_spaced_checkpoints(tmp_path):
+    """A checkpoint spaced by training time is rank 0's decision on every rank (their clocks differ)."""
+    procs = _spawn("agree", tmp_path)
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == ["2,4,6", "2,4,6"]
 
 
 # ------------------------------------------------------------------ (c) sharded evaluation
