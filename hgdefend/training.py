@@ -279,9 +279,9 @@ class _Loop:
                 last = step >= cfg.steps or out_of_time
                 if eval_fn and (last or (cfg.eval_every and step % cfg.eval_every == 0)):
                     history.append({"step": step, "seconds": now, **_floats(logs), **eval_fn()})
-                due = bool(checkpoint_fn and cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+                due = bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
                 write = last or (due and now - last_checkpoint >= cfg.checkpoint_min_interval_s)
-                if due and not last and cfg.checkpoint_min_interval_s > 0 and self.agree is not None:
+                if checkpoint_fn and due and not last and cfg.checkpoint_min_interval_s and self.agree:
                     write = self.agree(write)  # the checkpoint is a collective: all ranks or none
                 if checkpoint_fn and write:
                     checkpoint_fn(step, history, now)
@@ -372,16 +372,8 @@ class Trainer:
         if self.dist is not None:
             idx = self.dist.batch(idx)
         xb, yb = self.x[idx], self.y[idx]
-        loss, logits, logs = step_loss(
-            lambda p, x: hg.target.forward(p, x, strategy=cfg.strategy),
-            params,
-            xb,
-            yb,
-            self.task,
-            cfg,
-            g,
-            step,
-        )
+        loss, logits, logs = step_loss(lambda p, x: hg.target.forward(p, x, strategy=cfg.strategy),
+                                       params, xb, yb, self.task, cfg, g, step)  # fmt: skip
         reg = hg.regulariser_loss(codes, g)
         total = loss + hg.beta * reg
         logs["reg"] = reg.detach()

@@ -239,8 +239,8 @@ class TargetSpec:
             act = _fusable_block(order, j) if fused is not None else None
             if act is not None:  # conv → max-pool 2 → activation as one Triton kernel
                 h = block(h, params[f"{i}.weight"], params[f"{i}.bias"], shared=layout == "shared",
-                                  padding=layer.padding, activation=act.fn, negative_slope=act.negative_slope,
-                                  precision=fused)  # fmt: skip
+                          padding=layer.padding, activation=act.fn, negative_slope=act.negative_slope,
+                          precision=fused)  # fmt: skip
                 layout, skip = "grouped", 2
                 continue
             if isinstance(layer, Conv):
