@@ -204,11 +204,12 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
                               time_budget=time_budget, cuda_graph=cuda_graph, checkpoint=ckpt, resume=resume,
                               progress=not quiet, backbone=module, generate=names, dist=dist,
                               compact=modes)  # fmt: skip
-        if dist is not None:
-            dist.barrier("the barrier before writing the model")
-            if not dist.is_main:
-                dist.close()
-                return
+        if dist is not None and not dist.is_main:
+            # every rank leaves together, after rank 0 has written: a rank that destroyed its
+            # process group while rank 0 was still in it sometimes aborted gloo at exit
+            dist.barrier("the barrier after writing the model")
+            dist.close()
+            return
         result = trained.result
         sha = save_model(out / "model.safetensors", trained.hypergan, dataset=data.describe(),
                          training=trained.file_record)  # fmt: skip
@@ -224,6 +225,7 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
                        + (f"; calibration accuracy of a 10-network ensemble {100 * acc:.2f} %"
                           if acc is not None else ""))  # fmt: skip
     if dist is not None:
+        dist.barrier("the barrier after writing the model")
         dist.close()
 
 
