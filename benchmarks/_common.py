@@ -30,6 +30,26 @@ def sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
+def time_calls(
+    fn: Callable[[], Any], dev: torch.device, *, min_time: float = 0.0, min_reps: int = 3, max_reps: int = 50
+) -> dict:
+    """Seconds of ``fn``'s first call (compiling and autotuning happen there), then the median of
+    repeated calls: at least ``min_reps`` and ``min_time`` seconds in all, at most ``max_reps``."""
+    sync(dev)
+    t0 = time.perf_counter()
+    fn()
+    sync(dev)
+    first = time.perf_counter() - t0
+    times: list[float] = []
+    while len(times) < max_reps and (sum(times) < min_time or len(times) < min_reps):
+        sync(dev)
+        t0 = time.perf_counter()
+        fn()
+        sync(dev)
+        times.append(time.perf_counter() - t0)
+    return {"median_s": sorted(times)[len(times) // 2], "first_s": first, "reps": len(times)}
+
+
 def print_table(render: Callable[[dict], str]) -> bool:
     """``NAME.py --table RUN.json``: print the RESULTS.md table of a run; True when that was asked."""
     if len(sys.argv) == 3 and sys.argv[1] == "--table":

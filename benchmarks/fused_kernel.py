@@ -34,27 +34,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, run_record, sync  # noqa: E402
+from _common import emit, run_record, time_calls  # noqa: E402
 
 from hgdefend.targets import fused, mnist_paper  # noqa: E402
 from hgdefend.targets.strategy import _precision, parse_strategy  # noqa: E402
 
 SWEEP = {"block_m": (32, 64, 128), "num_warps": (4, 8), "num_stages": (2, 3)}
-
-
-def timed(fn, dev: torch.device, min_time: float) -> float:
-    """Median seconds of one call (after a warm-up call that also compiles)."""
-    fn()
-    times: list[float] = []
-    while sum(times) < min_time or len(times) < 3:
-        sync(dev)
-        t0 = time.perf_counter()
-        fn()
-        sync(dev)
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 50:
-            break
-    return sorted(times)[len(times) // 2]
 
 
 def cudnn_block(h, w, b, shared: bool, precision: str, dev: torch.device):
@@ -75,7 +60,7 @@ def _fused_cell(h, w, b, shared: bool, prec: str, cfg: dict, ref, dev: torch.dev
     cell: dict = dict(cfg)
     try:
         cell[f"{prec}_rel_err"] = rel_err(call(), ref)
-        cell[f"{prec}_ms"] = round(1e3 * timed(call, dev, min_time), 3)
+        cell[f"{prec}_ms"] = round(1e3 * time_calls(call, dev, min_time=min_time)["median_s"], 3)
     except Exception as exc:  # a launch setting the GPU cannot run: recorded, not fatal
         cell[f"{prec}_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     return cell
@@ -104,7 +89,7 @@ def pgd_rows(spec, gen: torch.Generator, dev: torch.device, x: torch.Tensor, arg
     rows: dict = {"steps": steps, "members": next(iter(params.values())).shape[0], "images": len(x)}
     for strategy in ("grouped+tf32", "fused+tf32", "fused", "loop"):
         err = float((grad(strategy, x) - ref).norm() / ref.norm())
-        secs = timed(lambda s=strategy: pgd(s), dev, args.min_time)
+        secs = time_calls(lambda s=strategy: pgd(s), dev, min_time=args.min_time)["median_s"]
         rows[strategy] = {"seconds": round(secs, 4), "input_grad_rel_err_vs_fp32_loop": err}
     return rows
 
@@ -178,7 +163,9 @@ def main() -> None:
                     return cudnn_block(h, w, b, shared, prec, dev)
 
                 row[f"cudnn_{prec}_rel_err"] = rel_err(call(), ref)
-                row[f"cudnn_{prec}_ms"] = round(1e3 * timed(call, dev, args.min_time), 3)
+                row[f"cudnn_{prec}_ms"] = round(
+                    1e3 * time_calls(call, dev, min_time=args.min_time)["median_s"], 3
+                )
             row["fused"] = [_fused_cell(h, w, b, shared, "tf32", c, ref, dev, args.min_time) for c in sweep]
             rows.append(row)
 
@@ -201,7 +188,9 @@ def main() -> None:
         whole: dict = {}
         for strategy in ("grouped+tf32", "fused+tf32", "fused", "auto", "loop"):
             out = spec.forward(params, x, strategy=strategy)
-            secs = timed(lambda s=strategy: spec.forward(params, x, strategy=s), dev, args.min_time)
+            secs = time_calls(
+                lambda s=strategy: spec.forward(params, x, strategy=s), dev, min_time=args.min_time
+            )["median_s"]
             whole[strategy] = {"seconds_per_call": round(secs, 5), "member_images_per_s": round(n / secs),
                                "logit_rel_err_vs_fp32_loop": rel_err(out, ref)}  # fmt: skip
     loop_s = whole["loop"]["seconds_per_call"]

@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import members as members_bench  # noqa: E402
+from _common import time_calls  # noqa: E402
 from train_mnist import time_steps  # noqa: E402
 
 from hgdefend import HyperGAN, TrainConfig  # noqa: E402
@@ -34,11 +35,6 @@ from hgdefend.data import Split  # noqa: E402
 from hgdefend.ensemble import SampledEnsemble  # noqa: E402
 from hgdefend.probabilities import log_mean_probs  # noqa: E402
 from hgdefend.targets import DEFAULT_STRATEGIES, mnist_paper  # noqa: E402
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def plain_pgd(ens: SampledEnsemble, x: torch.Tensor, y: torch.Tensor, steps=40, eps=0.3, alpha=0.01):
@@ -49,18 +45,6 @@ def plain_pgd(ens: SampledEnsemble, x: torch.Tensor, y: torch.Tensor, steps=40, 
         (grad,) = torch.autograd.grad(loss, x_adv)
         x_adv = (x + (x_adv.detach() + alpha * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
     return x_adv
-
-
-def timed(fn, reps: int = 3) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -251,17 +235,21 @@ def speed_rows(args, dev: torch.device, sizes: tuple, report: dict, save, parts:
     y = torch.randint(10, (imgs,), generator=g).to(dev)
     ens = SampledEnsemble(spec, {n: t.to(dev) for n, t in spec.init_params(10, g).items()})
     pgd = {}
+
+    def median(fn) -> float:
+        return round(time_calls(fn, dev, min_reps=reps, max_reps=reps)["median_s"], 4)
+
     fused = ("fused+tf32",) if dev.type == "cuda" else ()  # the Triton kernel runs on CUDA only
     for s in ("auto", "grouped", "grouped+tf32", *fused, "grouped+bf16", "unfold+tf32", "loop"):
         ens.strategy = s
-        pgd[f"plain_loop_{s}_s"] = round(timed(lambda e=ens: plain_pgd(e, x, y, steps=pgd_steps), reps), 4)
+        pgd[f"plain_loop_{s}_s"] = median(lambda e=ens: plain_pgd(e, x, y, steps=pgd_steps))
     try:
         from hgdefend.attacks import PGD
 
         for s in ("auto", *fused, "grouped+bf16"):
             ens.strategy = s
             attack = PGD(ens, eps=0.3, alpha=0.01, steps=pgd_steps, early_stop=False)
-            pgd[f"hgdefend_PGD_{s}_s"] = round(timed(lambda a=attack: a(x, y), reps), 4)
+            pgd[f"hgdefend_PGD_{s}_s"] = median(lambda a=attack: a(x, y))
     except Exception as exc:  # the attacks package may not exist yet, or differ
         pgd["hgdefend_PGD"] = f"not timed: {type(exc).__name__}: {str(exc)[:150]}"
     report["pgd40_10members_1000images"] = pgd

@@ -24,7 +24,7 @@ import sys
 import time
 
 import torch
-from _common import device_name, sync
+from _common import device_name, time_calls
 
 from hgdefend.ensemble import SampledEnsemble
 from hgdefend.targets import BUILTIN_SPECS, choose_strategy, parse_strategy
@@ -56,27 +56,21 @@ def measure(ens, x, mode, strategy, dev, min_time: float, max_reps: int) -> dict
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated(dev)
         torch.cuda.reset_peak_memory_stats(dev)
-    sync(dev)
-    t0 = time.perf_counter()
-    one_call(ens, x, mode, strategy)
-    sync(dev)
-    first = time.perf_counter() - t0
-    times, spent = [], 0.0
-    while len(times) < max_reps and (spent < min_time or len(times) < 2):
-        sync(dev)
-        t0 = time.perf_counter()
-        one_call(ens, x, mode, strategy)
-        sync(dev)
-        times.append(time.perf_counter() - t0)
-        spent += times[-1]
-    t = sorted(times)[len(times) // 2]
+    t = time_calls(
+        lambda: one_call(ens, x, mode, strategy), dev, min_time=min_time, min_reps=2, max_reps=max_reps
+    )
     if dev.type == "cuda":
         peak = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
         mem = {"peak_mib": round(peak, 1), "peak_measure": "cuda max_memory_allocated - before"}
     else:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         mem = {"peak_mib": round(rss, 1), "peak_measure": "process ru_maxrss (high-water mark)"}
-    return {"seconds_per_call": t, "first_call_s": round(first, 4), "reps": len(times), **mem}
+    return {
+        "seconds_per_call": t["median_s"],
+        "first_call_s": round(t["first_s"], 4),
+        "reps": t["reps"],
+        **mem,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
