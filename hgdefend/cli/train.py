@@ -163,8 +163,7 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
     """
     from ..data import load_data
     from ..distributed import check_timeout, init_distributed, launched
-    from ..fileio import FolderLock, atomic_write, check_output
-    from ..io import save_model
+    from ..fileio import FolderLock, check_output
     from ..recipes import train_model
     from ..training import resolve_device
 
@@ -204,29 +203,34 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
                               time_budget=time_budget, cuda_graph=cuda_graph, checkpoint=ckpt, resume=resume,
                               progress=not quiet, backbone=module, generate=names, dist=dist,
                               compact=modes)  # fmt: skip
-        if dist is not None and not dist.is_main:
-            # every rank leaves together, after rank 0 has written: a rank that destroyed its
-            # process group while rank 0 was still in it sometimes aborted gloo at exit
-            dist.barrier("the barrier after writing the model")
-            dist.close()
-            return
-        result = trained.result
-        sha = save_model(out / "model.safetensors", trained.hypergan, dataset=data.describe(),
-                         training=trained.file_record)  # fmt: skip
-        atomic_write(out / "train_log.json", json.dumps(
-            {"history": result.history, "mixer_pretrain": result.mixer_pretrain, "sha256": sha,
-             "seconds": round(result.seconds, 2),
-             **({"distributed": dist.describe()} if dist is not None else {})},
-            indent=2))  # fmt: skip
-        if not quiet:
-            acc = trained.training["final"].get("ensemble_acc")
-            echo(f"wrote {out / 'model.safetensors'} (sha256 {sha[:16]}…) after {result.steps} "
-                       f"steps, {result.seconds:.1f} s"
-                       + (f"; calibration accuracy of a 10-network ensemble {100 * acc:.2f} %"
-                          if acc is not None else ""))  # fmt: skip
+        if dist is None or dist.is_main:  # rank 0 writes; the others wait at the barrier below
+            _write_outputs(out, trained, data, dist, quiet)
     if dist is not None:
+        # every rank leaves together, after rank 0 has written: a rank that destroyed its process
+        # group while rank 0 was still in it sometimes aborted gloo at exit
         dist.barrier("the barrier after writing the model")
         dist.close()
+
+
+def _write_outputs(out, trained, data, dist, quiet: bool) -> None:
+    """The model file and the training log (rank 0's job under torchrun)."""
+    from ..fileio import atomic_write
+    from ..io import save_model
+
+    result = trained.result
+    sha = save_model(out / "model.safetensors", trained.hypergan, dataset=data.describe(),
+                     training=trained.file_record)  # fmt: skip
+    atomic_write(out / "train_log.json", json.dumps(
+        {"history": result.history, "mixer_pretrain": result.mixer_pretrain, "sha256": sha,
+         "seconds": round(result.seconds, 2),
+         **({"distributed": dist.describe()} if dist is not None else {})},
+        indent=2))  # fmt: skip
+    if not quiet:
+        acc = trained.training["final"].get("ensemble_acc")
+        echo(f"wrote {out / 'model.safetensors'} (sha256 {sha[:16]}…) after {result.steps} "
+             f"steps, {result.seconds:.1f} s"
+             + (f"; calibration accuracy of a 10-network ensemble {100 * acc:.2f} %"
+                if acc is not None else ""))  # fmt: skip
 
 
 def _generate_names(generate: str | None, backbone: str | None) -> list[str] | None:
