@@ -47,7 +47,7 @@ def time_calls(
         fn()
         sync(dev)
         times.append(time.perf_counter() - t0)
-    return {"median_s": sorted(times)[len(times) // 2], "first_s": first, "reps": len(times)}
+    return {"median_s": sorted(times)[len(times) // 2], "first_s": first, "reps": len(times), "times": times}
 
 
 def print_table(render: Callable[[dict], str]) -> bool:

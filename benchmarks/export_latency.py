@@ -30,28 +30,20 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
+from _common import time_calls
 
 from hgdefend.ensemble import SampledEnsemble
 from hgdefend.export import EXPORT_KERNELS, EnsembleGraph, OnnxDetector, export_onnx
 from hgdefend.targets import mnist_paper
 
-
-def timed(fn, min_reps: int, min_seconds: float) -> list[float]:
-    """Per-call seconds after one warm-up call."""
-    fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
+# every engine timed here returns when its work is done (onnxruntime runs synchronously, also with
+# I/O binding; the torch reference is on the CPU): time_calls has nothing to synchronise
+CPU = torch.device("cpu")
 
 
 def cpu_name() -> str:
@@ -140,7 +132,9 @@ def main() -> None:
                 samples: dict[tuple[str, str], list[float]] = {key: [] for key in engines}
                 for _round in range(2):
                     for key, fn in engines.items():
-                        samples[key] += timed(fn, max(1, args.min_reps // 2 + 1), args.min_seconds / 2)
+                        reps = max(1, args.min_reps // 2 + 1)
+                        t = time_calls(fn, CPU, min_time=args.min_seconds / 2, min_reps=reps, max_reps=10**9)
+                        samples[key] += t["times"]
                 med = {key: 1e3 * statistics.median(ts) for key, ts in samples.items()}
                 torch_ms = med.get(("torch", "grouped"))
                 for (name, kernel), ts in samples.items():
