@@ -73,8 +73,12 @@ def train_method(method: str, data, args: argparse.Namespace, dev: torch.device)
     steps = args.quick_steps if args.quick else args.max_steps
     t0 = time.perf_counter()
     if base == "hypergan":
+        # a long CPU run can be continued by a later one: --resume with a larger --budget (in total)
+        ckpt = Path(args.checkpoint_dir) / f"{method}.safetensors" if args.checkpoint_dir else None
         tm = train_model(data, seed=args.seed, device=dev, steps=steps, nets_per_step=args.nets_per_step,
                          batch_size=args.batch_size, time_budget=budget, progress=False,
+                         checkpoint=ckpt, resume=args.resume, checkpoint_every=100 if ckpt else 0,
+                         checkpoint_min_interval=600.0 if ckpt else 0.0,
                          **(_adv_kw(args) if adv else {}))  # fmt: skip
         hg = tm.hypergan
         model = {
@@ -82,8 +86,10 @@ def train_method(method: str, data, args: argparse.Namespace, dev: torch.device)
             "scoring": hg.ensemble(args.members, seed=args.seed + 1),
             "eot_iter": args.eot_iter,
         }
-        return model, {"steps": tm.training["steps"], "seconds": tm.training["seconds"],
-                       "recipe": tm.training["recipe"]}  # fmt: skip
+        info = {k: tm.training[k] for k in ("steps", "seconds", "recipe")}
+        if ckpt:
+            info["checkpoint"] = {"path": str(ckpt), "resumed": args.resume}
+        return model, info
     cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.member_lr, time_budget_s=budget,
                       seed=args.seed, **(_adv_kw(args) if adv else {}))  # fmt: skip
     spec = default_spec(data)
@@ -275,7 +281,19 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="digits, a few steps, small ensembles")
     p.add_argument("--quick-steps", type=int, default=60)
     p.add_argument("--out", default=None, help="also write the JSON here")
+    p.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="write each HyperGAN's training checkpoint here (METHOD.safetensors, every 10 min)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the HyperGANs from --checkpoint-dir; --budget is the total training time",
+    )
     args = p.parse_args()
+    if args.resume and not args.checkpoint_dir:
+        p.error("--resume needs --checkpoint-dir")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
         if m not in METHODS:

@@ -71,6 +71,18 @@ def test_robust_benchmark_quick_attacks_every_method_in_one_run():
     assert rows["single"]["score"] == "max_prob" and "BinaryInputDetector" in rows["binary-detector"]["score"]
 
 
+def test_robust_benchmark_continues_a_hypergan_from_its_checkpoint(tmp_path):
+    """A long run can be continued in a later session: the resumed model is the one that was saved."""
+    args = ("--quick", "--threads", "1", "--methods", "hypergan-adv", "--quick-steps", "6",
+            "--checkpoint-dir", str(tmp_path))  # fmt: skip
+    first = _run("robust_mnist.py", *args)["rows"][0]
+    assert (tmp_path / "hypergan-adv.safetensors").is_file()
+    again = _run("robust_mnist.py", *args, "--resume")["rows"][0]  # all 6 steps done: nothing to train
+    assert again["training"]["checkpoint"]["resumed"] and not first["training"]["checkpoint"]["resumed"]
+    assert again["training"]["steps"] == first["training"]["steps"] == 6
+    assert again["clean_accuracy"] == first["clean_accuracy"]
+
+
 def test_head_cost_benchmark_quick_times_heads_against_one_forward():
     d = _run("head_cost.py", "--quick", "--threads", "1")
     rows = {r["case"]: r for r in d["rows"]}
