@@ -67,6 +67,9 @@ def test_robust_benchmark_quick_attacks_every_method_in_one_run():
         )
         assert c["accuracy_more_steps"]["steps"] == 2 * c["accuracy_at_eps"]["steps"]
     assert rows["hypergan-adv"]["training"]["recipe"]["adversarial"] == "pgd"
+    # every method records the steps it got (runs compare methods at equal wall-clock budgets)
+    assert {r["training"]["steps"] for r in rows.values()} == {d["args"]["quick_steps"]}
+    assert rows["deep-ensemble-adv"]["training"]["members"] == 3
     assert rows["binary-detector"]["training"]["detector"]["train_inputs"] == 600
     assert rows["single"]["score"] == "max_prob" and "BinaryInputDetector" in rows["binary-detector"]["score"]
 
