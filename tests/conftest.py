@@ -53,6 +53,12 @@ def digits_deep4(digits):
 
 def run_benchmark(script: str, *args: str) -> str:
     """Run ``benchmarks/SCRIPT`` with ``args`` in a subprocess (as a user would); its stdout."""
-    out = subprocess.run([sys.executable, str(BENCHMARKS / script), *args],
-                         capture_output=True, text=True, timeout=300, check=True)  # fmt: skip
+    cmd = [sys.executable, str(BENCHMARKS / script), *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        # a failing benchmark's own message is the diagnosis: put it in the report (CI keeps no other)
+        err = subprocess.CalledProcessError(out.returncode, cmd, out.stdout, out.stderr)
+        if hasattr(err, "add_note"):  # Python >= 3.11
+            err.add_note(f"{script} stderr (last 4,000 characters):\n{out.stderr[-4000:]}")
+        raise err
     return out.stdout
