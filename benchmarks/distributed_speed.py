@@ -99,7 +99,7 @@ def _worker(args: argparse.Namespace) -> None:
             "test_1000": {k: round(v, 4) for k, v in acc.items()},
         }))  # fmt: skip
     if dist is not None:
-        dist.close()
+        dist.exit_together()  # after rank 0's files, and without gloo's teardown (see its docstring)
 
 
 # torchrun picks free ports for its rendezvous and process group, and another process can take one in

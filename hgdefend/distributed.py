@@ -58,10 +58,11 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor, nn
@@ -239,6 +240,30 @@ class Distributed:
                 d.destroy_process_group()
             except Exception:  # noqa: BLE001 - closing after a failure must not hide the failure
                 pass
+
+    def exit_together(self, what: str = "the end of the run") -> NoReturn:
+        """End this rank's process once every rank has reached this point, without tearing gloo down.
+
+        Measured: in about 1 of 30 two-process CPU runs, one rank aborted at exit ("terminate called
+        without an active exception", SIGABRT) after every file was written, and torchrun then
+        failed the run (2026-11-28, torch 2.14.1, gloo). The abort is in gloo's teardown, so this
+        skips it: a barrier (every collective is done), then a handshake through the run's store (no
+        rank leaves while another is still in the barrier), then ``os._exit(0)``. Only for a process
+        that torchrun started and that has nothing left to do.
+        """
+        self.barrier(what)
+        try:
+            store = _dist().distributed_c10d._get_default_store()
+            key = f"hgdefend/exit/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+            store.add(key, 1)
+            deadline = time.monotonic() + self.timeout_s
+            while store.add(key, 0) < self.world_size and time.monotonic() < deadline:
+                time.sleep(0.01)
+        except Exception:  # noqa: BLE001 - the store's host left: it saw every rank check in first
+            pass
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
     # ------------------------------------------------------------------ failures
     def _collective(self, what: str, fn: Callable[[], Any]) -> Any:

@@ -206,10 +206,9 @@ def train(dataset, data_root, download, trust_data_root, in_classes, out_dir, st
         if dist is None or dist.is_main:  # rank 0 writes; the others wait at the barrier below
             _write_outputs(out, trained, data, dist, quiet)
     if dist is not None:
-        # every rank leaves together, after rank 0 has written: a rank that destroyed its process
-        # group while rank 0 was still in it sometimes aborted gloo at exit
-        dist.barrier("the barrier after writing the model")
-        dist.close()
+        # every rank leaves together, after rank 0 has written, without gloo's teardown (which
+        # sometimes aborted a rank at exit and failed a finished run)
+        dist.exit_together("the barrier after writing the model")
 
 
 def _write_outputs(out, trained, data, dist, quiet: bool) -> None:
