@@ -102,25 +102,11 @@ def _worker(args: argparse.Namespace) -> None:
         dist.exit_together()  # after rank 0's files, and without gloo's teardown (see its docstring)
 
 
-# torchrun picks free ports for its rendezvous and process group, and another process can take one in
-# between: such a launch is retried once, and the record says so. (A launch failed once in a CI run
-# whose message was not kept, so the cause is not known; the test now shows the message.)
-_TRANSIENT = ("EADDRINUSE", "address already in use", "failed to listen", "RendezvousConnectionError",
-              "RendezvousTimeoutError")  # fmt: skip
-
-
-def _run(cmd: list[str], env: dict[str, str]) -> str | None:
-    """Run one launch; the transient launch error it retried after, if any."""
-    retried = None
-    for attempt in range(2):
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
-        if res.returncode == 0:
-            return retried
+def _run(cmd: list[str], env: dict[str, str]) -> None:
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    if res.returncode != 0:
         tail = res.stdout[-2000:] + res.stderr[-4000:]
-        retried = next((t for t in _TRANSIENT if t in tail), None)
-        if retried is None or attempt == 1:
-            raise SystemExit(f"failed ({res.returncode}): {' '.join(cmd)}\n{tail}")
-    return retried
+        raise SystemExit(f"failed ({res.returncode}): {' '.join(cmd)}\n{tail}")
 
 
 def main() -> None:
@@ -170,9 +156,8 @@ def main() -> None:
         for name, cmd in plan:
             result = Path(tmp) / f"{name}.json"
             load = [round(v, 2) for v in os.getloadavg()]
-            retried = _run([*cmd, "--result", str(result)], env)
-            runs.append({"run": name, **json.loads(result.read_text()), "loadavg_at_start": load,
-                         "retried_after": retried})  # fmt: skip
+            _run([*cmd, "--result", str(result)], env)
+            runs.append({"run": name, **json.loads(result.read_text()), "loadavg_at_start": load})
             weights[name] = torch.load(result.with_suffix(".pt"))
     one = runs[0]["seconds_per_step"]
     ref, start = weights["one"]["final"], weights["one"]["init"]

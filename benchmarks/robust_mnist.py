@@ -39,12 +39,11 @@ from hgdefend import load_data  # noqa: E402
 from hgdefend.art.binary_detector import detector_margin, train_binary_detector  # noqa: E402
 from hgdefend.attacks import APGD, FreshSamples  # noqa: E402
 from hgdefend.detectors import compute_scores, conformal_threshold, detection_metrics  # noqa: E402
-from hgdefend.ensemble import SampledEnsemble  # noqa: E402
 from hgdefend.evaluate.gradient_checks import obfuscation_checks as gradient_checks  # noqa: E402
 from hgdefend.evaluate.gradient_checks import square_attack  # noqa: E402
 from hgdefend.probabilities import predict  # noqa: E402
 from hgdefend.recipes import default_spec, train_model  # noqa: E402
-from hgdefend.training import TrainConfig, resolve_device, train_members  # noqa: E402
+from hgdefend.training import TrainConfig, resolve_device, train_ensemble  # noqa: E402
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 METHODS = (
@@ -94,11 +93,8 @@ def train_method(method: str, data, args: argparse.Namespace, dev: torch.device)
     cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.member_lr, time_budget_s=budget,
                       seed=args.seed, **(_adv_kw(args) if adv else {}))  # fmt: skip
     spec = default_spec(data)
-    n_members = args.deep_members if base == "deep-ensemble" else 1
-    # train_members (what deep_ensemble and single_network wrap) for its step count: the runs compare
-    # methods at equal wall-clock budgets, so how many steps each got belongs in the record
-    params, result = train_members(spec, data.train, n_members, cfg, device=dev, progress=False)
-    ens = SampledEnsemble(spec, params, kind="single" if n_members == 1 else "deep-ensemble", seed=cfg.seed)
+    n_members, kind = (args.deep_members, "deep-ensemble") if base == "deep-ensemble" else (1, "single")
+    ens, result = train_ensemble(spec, data.train, n_members, cfg, kind=kind, device=dev, progress=False)
     info = {"steps": result.steps, "seconds": round(time.perf_counter() - t0, 1), "members": ens.k,
             "config": {k: v for k, v in vars(cfg).items() if k != "betas"}}  # fmt: skip
     return {"attacked": ens, "scoring": ens, "eot_iter": 1}, info

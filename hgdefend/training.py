@@ -520,16 +520,24 @@ def train_members(
     return {n: t.detach() for n, t in params.items()}, TrainResult(step, secs, history)
 
 
+def train_ensemble(
+    target: Target, train: Split, k: int, config: TrainConfig | None = None, *,
+    kind: str = "deep-ensemble", **kw: Any,
+) -> tuple[SampledEnsemble, TrainResult]:  # fmt: skip
+    """K members trained by :func:`train_members`, as an ensemble, with the training record (its
+    step count: budget-limited comparisons report how many steps each method got)."""
+    params, result = train_members(target, train, k, config, **kw)
+    return SampledEnsemble(target, params, kind=kind, seed=(config or TrainConfig()).seed), result
+
+
 def deep_ensemble(target: Target, train: Split, k: int, config: TrainConfig | None = None,
                   **kw: Any) -> SampledEnsemble:  # fmt: skip
-    params, _ = train_members(target, train, k, config, **kw)
-    return SampledEnsemble(target, params, kind="deep-ensemble", seed=(config or TrainConfig()).seed)
+    return train_ensemble(target, train, k, config, **kw)[0]
 
 
 def single_network(target: Target, train: Split, config: TrainConfig | None = None,
                    **kw: Any) -> SampledEnsemble:  # fmt: skip
-    params, _ = train_members(target, train, 1, config, **kw)
-    return SampledEnsemble(target, params, kind="single", seed=(config or TrainConfig()).seed)
+    return train_ensemble(target, train, 1, config, kind="single", **kw)[0]
 
 
 def mc_dropout(spec: Any, train: Split, k: int, config: TrainConfig | None = None,

@@ -396,29 +396,3 @@ def test_distributed_speed_benchmark_quick():
         assert row["seconds_per_step"] > 0
     assert res["speedup"] > 0
     assert len(res["loadavg_before"]) == 3
-
-
-def test_distributed_speed_retries_a_launch_once_only_after_a_port_error(tmp_path, monkeypatch):
-    """A port taken between torchrun's choice and its use is retried once; any other failure is not."""
-    import importlib.util
-
-    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
-    monkeypatch.syspath_prepend(str(benchmarks))
-    spec = importlib.util.spec_from_file_location("distributed_speed", benchmarks / "distributed_speed.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    flag = tmp_path / "failed_once"
-    # fails the first time with a port error, then succeeds
-    code = (
-        f"import pathlib, sys; f = pathlib.Path({str(flag)!r})\n"
-        "if not f.exists(): f.touch(); sys.exit('EADDRINUSE: address already in use')"
-    )
-    flaky = [sys.executable, "-c", code]
-    assert bench._run(flaky, dict(os.environ)) == "EADDRINUSE"
-    assert bench._run(flaky, dict(os.environ)) is None  # no failure, no retry
-    broken = [sys.executable, "-c", "import sys; sys.exit('ValueError: a real bug')"]
-    with pytest.raises(SystemExit, match="a real bug"):
-        bench._run(broken, dict(os.environ))
-    always = [sys.executable, "-c", "import sys; sys.exit('address already in use')"]
-    with pytest.raises(SystemExit, match="address already in use"):  # retried once, then it fails
-        bench._run(always, dict(os.environ))
