@@ -24,7 +24,7 @@ from hgdefend.data import load_ood
 from hgdefend.detectors import SCORES, compute_scores, conformal_threshold, detection_metrics
 from hgdefend.ensemble import SampledEnsemble
 from hgdefend.recipes import default_recipe, default_spec
-from hgdefend.training import TrainConfig, train_members
+from hgdefend.training import TrainConfig, train_ensemble
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -139,11 +139,10 @@ def main() -> None:
 
     t0 = time.perf_counter()
     deep_cfg = config(args.budget if args.deep_budget is None else args.deep_budget)
-    params, deep_res = train_members(
+    deep, deep_res = train_ensemble(
         spec, data.train, args.deep_members, deep_cfg, progress=False, device="cpu"
     )
     deep_seconds = time.perf_counter() - t0
-    deep = SampledEnsemble(spec, params, kind="deep-ensemble", seed=args.seed)
     deep_result = evaluate(deep, calib, test, ood, args.target_fpr, args.seed)
     deep_result.update(training_steps=deep_res.steps, training_seconds=round(deep_seconds, 1))
 

@@ -41,7 +41,7 @@ from hgdefend.ensemble import SampledEnsemble, diversity  # noqa: E402
 from hgdefend.probabilities import predict  # noqa: E402
 from hgdefend.recipes import default_recipe, default_spec, train_model  # noqa: E402
 from hgdefend.targets import Conv, Linear  # noqa: E402
-from hgdefend.training import resolve_device, train_members  # noqa: E402
+from hgdefend.training import resolve_device, train_ensemble  # noqa: E402
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -178,8 +178,7 @@ def train(setting: str, data, args, dev) -> tuple[SampledEnsemble, dict]:
     if kw is None:  # the deep ensemble: the recipe's optimiser and batch size, all members at once
         cfg = replace(default_recipe(data)[1], steps=steps, time_budget_s=budget, seed=args.seed)
         spec = default_spec(data)
-        params, res = train_members(spec, data.train, args.deep_members, cfg, device=dev, progress=False)
-        ens = SampledEnsemble(spec, params, kind="deep-ensemble", seed=args.seed)
+        ens, res = train_ensemble(spec, data.train, args.deep_members, cfg, device=dev, progress=False)
         info = {"seconds": round(time.perf_counter() - t0, 1), "budget_s": budget, "steps": res.steps,
                 "batch_size": cfg.batch_size, "lr": cfg.lr}  # fmt: skip
         return ens, info
