@@ -11,8 +11,10 @@ REGULARISERS = ("gan", "mmd", "none")
 """How the HyperGAN keeps its latent codes near the Gaussian prior."""
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cubic")
 """Built-in dataset names (a ``.npz`` path is accepted too)."""
-ATTACK_NAMES = ("fgsm", "pgd", "apgd-ce", "apgd-dlr")
-"""Every attack the library implements (``hgdefend.attacks.ATTACKS``)."""
+ATTACK_NAMES = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "apgd-ce-t", "score-search")
+"""Every attack the library implements (``hgdefend.attacks.ATTACKS``): ``-t`` ones are targeted at
+the runner-up classes (APGD-T); ``score-search`` lowers the detector's score while staying wrong."""
+TARGETED_ATTACKS = ("apgd-t", "apgd-ce-t")
 DEFAULT_SUITE_ATTACKS = ("fgsm", "pgd")
 """The attacks the evaluate suite runs unless asked for others (APGD is opt-in: it costs more)."""
 PROTOCOL_NAMES = ("paper", "fixed", "adaptive")

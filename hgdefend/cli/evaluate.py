@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..vocab import BASELINE_NAMES, REGULARISERS
+from ..vocab import ATTACK_NAMES, BASELINE_NAMES, REGULARISERS
 from .common import (
     CLIError,
     backbone_options,
@@ -72,8 +72,9 @@ from .common import (
 @click.option(
     "--attacks",
     default=None,
-    help="Comma list of attacks for the full suite, e.g. fgsm,pgd [default: a small adaptive section "
-    "(README, 'Attacks'); the other attack options refine either].",
+    help="'all' for the full suite (" + ", ".join(ATTACK_NAMES) + "; fixed and adaptive protocols, "
+    "ART's AutoAttack), or a comma list of those names [default: a small adaptive section (README, "
+    "'Attacks'); the other attack options refine either].",
 )
 @click.option(
     "--no-attacks",
@@ -95,6 +96,12 @@ from .common import (
     "--attack-inputs", type=int, default=None, help="Test inputs attacked [default: 100; 200 with --attacks]."
 )
 @click.option("--attack-steps", type=int, default=None, help="Attack steps [default: 20; 40 with --attacks].")
+@click.option(
+    "--attack-targets",
+    type=int,
+    default=None,
+    help="Runner-up classes each targeted attack (apgd-t, apgd-ce-t) aims at [default: 2; 9 with --attacks].",
+)
 @click.option(
     "--plots",
     default=None,
@@ -140,6 +147,7 @@ def evaluate(
     baselines,
     attack_inputs,
     attack_steps,
+    attack_targets,
     plots,
     members,
     train_steps,
@@ -187,6 +195,7 @@ def evaluate(
         baselines=baselines,
         attack_inputs=attack_inputs,
         attack_steps=attack_steps,
+        attack_targets=attack_targets,
         plots=plots,
         model=model,
         onnx=onnx_path,

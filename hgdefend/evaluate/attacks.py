@@ -24,6 +24,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from ..attacks import ATTACKS, FGSM, PGD, AdaptivePGD, FreshSamples
@@ -32,6 +33,8 @@ from ..detectors.metrics import detection_metrics
 from ..ensemble import SampledEnsemble
 from ..errors import HgdefendError
 from ..probabilities import predict
+from ..vocab import TARGETED_ATTACKS
+from .autoattack import autoattack_section, render_autoattack
 from .baselines import DetectorFGSM, DetectorPGD, Method, build_baselines, split_scores
 from .context import EvalContext
 from .detection import fit_detector
@@ -39,10 +42,15 @@ from .formatting import fmt, pct, table
 from .gradient_checks import findings as check_findings
 from .gradient_checks import render_checks, section_checks
 from .options import AttackOptions
+from .per_input import CSV_NAME, per_input_records, write_csv
 from .plots import plot_attack_success
 from .progress import bar
+from .tramer import mark_inconclusive, tramer_checks, worst_case
 
 SANITY_MIN_SUCCESS = 0.95
+ROBUST_ATTACKS = ("apgd-ce", "apgd-ce-t", "apgd-t", "apgd-dlr")
+"""The attacks trusted to measure the accuracy a classifier keeps at eps/2 for the Tramèr check:
+a section of weaker attacks (FGSM, PGD) is checked with APGD-CE and APGD-CE-T instead."""
 # A row is reported as the attack beating the detector when at least this share of the attacked
 # inputs is misclassified by the scoring ensemble *and* not flagged. (AUROC alone misleads: an
 # adaptive attack that pushes the score below clean inputs gets AUROC < 0.5 while fooling almost no
@@ -80,10 +88,13 @@ def _make_attack(
     score: str,
     lam: float = 0.0,
     detector: Any = None,
+    threshold: float | None = None,
 ) -> Any:
     """The attack of one row. Under the adaptive protocol the loss is CE − λ·score, or CE −
     λ·detector(x, logits) when the method's detector reads the input (APGD takes it as
-    ``detector=``; FGSM and PGD through :class:`DetectorFGSM` / :class:`DetectorPGD`)."""
+    ``detector=``; FGSM and PGD through :class:`DetectorFGSM` / :class:`DetectorPGD`), and the
+    APGD family knows the detector's ``threshold`` (white box), so it keeps per input a point that
+    is wrong *and* unflagged when it finds one; ``score-search`` searches λ per input instead."""
     early, adaptive = protocol == "paper", protocol == "adaptive"
     kw: dict[str, Any] = {}
     if adaptive:
@@ -91,20 +102,26 @@ def _make_attack(
     on_input = adaptive and detector is not None
     if attack == "fgsm":
         return (DetectorFGSM if on_input else FGSM)(target, eps, early_stop=early, grid=cfg.fgsm_grid, **kw)
-    if attack != "pgd":  # APGD: its own step-size schedule (no alpha) and no early stop
-        return ATTACKS[attack](target, eps, cfg.steps, restarts=cfg.restarts, seed=cfg.seed, **kw)
-    cls = DetectorPGD if on_input else AdaptivePGD if adaptive else PGD
-    return cls(
-        target,
-        eps,
-        cfg.alpha,
-        cfg.steps,
-        random_start=not early,
-        restarts=cfg.restarts,
-        early_stop=early,
-        seed=cfg.seed,
-        **kw,
-    )
+    if attack == "pgd":
+        cls = DetectorPGD if on_input else AdaptivePGD if adaptive else PGD
+        return cls(target, eps, cfg.alpha, cfg.steps, random_start=not early, restarts=cfg.restarts,
+                   early_stop=early, seed=cfg.seed, **kw)  # fmt: skip
+    # the APGD family: its own step-size schedule (no alpha) and no early stop
+    kw.update(restarts=cfg.restarts, seed=cfg.seed)
+    if adaptive and threshold is not None:
+        kw["threshold"] = threshold
+    if attack in TARGETED_ATTACKS:
+        kw["targets"] = cfg.targets
+    if attack == "score-search":
+        kw.pop("lam", None)
+        kw.update(targets=cfg.search_targets, search_steps=cfg.search_steps)
+    return ATTACKS[attack](target, eps, cfg.steps, **kw)
+
+
+def applies(attack: str, protocol: str) -> bool:
+    """The score search is an adaptive attack by definition (it needs the detector's score and
+    threshold): it has no fixed or paper row."""
+    return attack != "score-search" or protocol == "adaptive"
 
 
 def _evaluate(
@@ -117,7 +134,8 @@ def _evaluate(
     clean_scores: np.ndarray,
     threshold: float,
     cfg: AttackOptions,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A row's figures, and its per-input arrays (what :mod:`.per_input` and the worst case read)."""
     attacked_pred, _ = _predict(method.attacked, x_adv)
     fresh_pred, logits = _predict(scoring, x_adv)
     adv_scores = method.scores(x_adv, logits)
@@ -132,12 +150,23 @@ def _evaluate(
         seed=cfg.seed,
     )
     delta = (x_adv - x).flatten(1)
+    linf = delta.abs().max(1).values
     n_ok = int(clean_pred_ok.sum())
     success = float(((attacked_pred != y) & clean_pred_ok).sum()) / n_ok if n_ok else float("nan")
+    flagged = adv_scores > threshold
+    arrays = {
+        "adv_pred": fresh_pred.cpu().numpy(),
+        "score": adv_scores,
+        "flagged": flagged,
+        "wrong": wrong,
+        "through": wrong & ~flagged,
+        "linf": linf.cpu().numpy(),
+    }
     return {
         "attack_success": success,
+        "attack_success_of": n_ok,
         "fresh_accuracy": float(1 - wrong.mean()),
-        "mean_linf": float(delta.abs().max(1).values.mean()),
+        "mean_linf": float(linf.mean()),
         "mean_l2": float(delta.norm(dim=1).mean()),
         "auroc": m["auroc"],
         "auroc_ci": m.get("auroc_ci"),
@@ -146,7 +175,7 @@ def _evaluate(
         "tpr_ci": m.get("tpr_exact_ci"),
         "fpr_at_95_tpr": m["fpr_at_95_tpr"],
         "missed_and_wrong": m["missed_and_wrong"],
-    }
+    }, arrays
 
 
 def attackers_best(sweep: list[dict[str, Any]]) -> dict[str, Any]:
@@ -154,6 +183,13 @@ def attackers_best(sweep: list[dict[str, Any]]) -> dict[str, Any]:
     then the lower AUROC. (Without the middle key a tie at a few per cent picks the λ that pushes
     the score under clean inputs but fools almost no one.)"""
     return max(sweep, key=lambda r: (r["missed_and_wrong"], r["attack_success"], -r["auroc"]))
+
+
+def row_label(r: dict[str, Any]) -> str:
+    """How a row is named in per-input results and findings: attack, protocol and λ."""
+    lam = r["params"].get("lam")
+    lam = f" λ={lam:g}" if isinstance(lam, (int, float)) else " λ searched" if lam else ""
+    return f"{r['attack']} {r['protocol']}{lam}"
 
 
 def fit_threshold(ctx: EvalContext, method: Method) -> float:
@@ -166,7 +202,8 @@ def fit_threshold(ctx: EvalContext, method: Method) -> float:
 
 
 def run_method(ctx: EvalContext, method: Method, cfg: AttackOptions, progress: Any) -> dict[str, Any]:
-    """Threshold on clean calibration data (through the detector), then every attack/protocol/eps."""
+    """Threshold on clean calibration data (through the detector), then every attack/protocol/eps,
+    the per-input worst case over all of them at each eps, and the Tramèr check of that worst case."""
     dev = method.attacked.device
     scoring = ctx.scored.ensembles[method.scoring_name]
     threshold = fit_threshold(ctx, method)
@@ -175,28 +212,35 @@ def run_method(ctx: EvalContext, method: Method, cfg: AttackOptions, progress: A
     x, y = sub.x.to(dev), sub.y.to(dev)
     clean_ok = _predict(method.attacked, x)[0] == y
     test_ok = ctx.scored.prediction(method.scoring_name, "test").predicted.cpu() == ctx.data.test.y
-    score_kw = {"score": method.score, "detector": method.detector}
-    rows = []
+    score_kw = {"score": method.score, "detector": method.detector, "threshold": threshold}
+    rows, arrays = [], []
     for attack in cfg.attacks:
         for protocol in cfg.protocols:
+            if not applies(attack, protocol):
+                continue
             for eps in cfg.eps:
                 t0 = time.perf_counter()
                 target = method.eot if protocol == "adaptive" else method.attacked
                 sweep = []
-                for lam in cfg.lambdas if protocol == "adaptive" else (0.0,):
+                lams = cfg.lambdas if protocol == "adaptive" and attack != "score-search" else (0.0,)
+                for lam in lams:
                     atk = _make_attack(attack, protocol, target, eps, cfg, lam=lam, **score_kw)
-                    res = _evaluate(method, scoring, x, y, atk(x, y), clean_ok, clean_scores, threshold, cfg)
-                    sweep.append({"params": atk.describe(), **res})
+                    res, arr = _evaluate(
+                        method, scoring, x, y, atk(x, y), clean_ok, clean_scores, threshold, cfg
+                    )
+                    sweep.append({"params": atk.describe(), **res, "_arrays": arr})
+                best = attackers_best(sweep)
+                arrays.append(best.pop("_arrays"))
                 row = {
                     "method": method.name,
                     "attack": attack,
                     "protocol": protocol,
                     "eps": eps,
                     "score": method.score,
-                    **attackers_best(sweep),
+                    **best,
                     "seconds": round(time.perf_counter() - t0, 2),
                 }
-                if protocol == "adaptive":
+                if len(sweep) > 1:
                     row["lambda_sweep"] = [
                         {
                             "lam": r["params"].get("lam", 0.0),
@@ -208,6 +252,26 @@ def run_method(ctx: EvalContext, method: Method, cfg: AttackOptions, progress: A
                     ]
                 rows.append(row)
                 progress.update(1)
+    with torch.no_grad():
+        clean_pred, clean_logits = _predict(scoring, x)
+        clean_flag = method.scores(x, clean_logits) > threshold
+    clean = {"label": y.cpu().numpy(), "pred": clean_pred.cpu().numpy(), "flagged": clean_flag}
+    worst = worst_case(rows, arrays, cfg.eps)
+
+    strong = [a for a in cfg.attacks if a in ROBUST_ATTACKS] or list(ROBUST_ATTACKS[:2])
+
+    def robust_accuracy(eps: float) -> float:
+        """Per-input worst case at ``eps`` of the section's APGD attacks (else APGD-CE and the
+        targeted APGD-CE-T) at λ = 0, with EOT: the accuracy the classifier keeps, no detector."""
+        ok = np.ones(len(x), dtype=bool)
+        for attack in strong:
+            atk = _make_attack(attack, "adaptive", method.eot, eps, cfg, lam=0.0, **score_kw)
+            ok &= (_predict(scoring, atk(x, y))[0] == y).cpu().numpy()
+        return float(ok.mean())
+
+    use_rows = {r["eps"] for r in rows if r["attack"] in ROBUST_ATTACKS}
+    tramer = tramer_checks(worst, clean, robust_accuracy, rows_strong_at=use_rows)
+    mark_inconclusive(rows, worst, tramer)
     return {
         "name": method.name,
         "score": method.score,
@@ -219,6 +283,9 @@ def run_method(ctx: EvalContext, method: Method, cfg: AttackOptions, progress: A
         "realised_fpr": float(np.mean(clean_scores > threshold)),
         **method.info,
         "rows": rows,
+        "worst_case": worst,
+        "tramer": tramer,
+        "per_input": per_input_records(method.name, clean, rows, arrays),
     }
 
 
@@ -255,14 +322,16 @@ def findings(sec: dict[str, Any]) -> list[str]:
     for m in sec["methods"]:
         if m["name"] != "hypergan":
             continue
-        for r in m["rows"]:
-            if r["missed_and_wrong"] >= EVADES_MISSED:
-                lam = f", λ = {r['params']['lam']:g}" if "lam" in r["params"] else ""
+        for c in m["tramer"]:
+            if not c["conclusive"]:
+                out.append(f"Inconclusive at eps {c['eps']:g} (Tramèr check): {c['verdict']}.")
+        for w in m["worst_case"]:
+            if w["missed_and_wrong"] >= EVADES_MISSED:
+                by = ", ".join(f"{k}: {v}" for k, v in w["through_first_by"].items())
                 out.append(
-                    f"{PROTOCOL_LABELS[r['protocol']]} {r['attack'].upper()} at eps {r['eps']:g}{lam} evades "
-                    f"the {r['score']} detector: {pct(r['missed_and_wrong'])} of attacked inputs "
-                    f"misclassified by a fresh ensemble and not flagged (AUROC {fmt(r['auroc'], 2)}, TPR "
-                    f"{pct(r['tpr_at_threshold'])} at the threshold)."
+                    f"At eps {w['eps']:g} the attacks together (per-input worst case over {w['rows']} rows) "
+                    f"get {pct(w['missed_and_wrong'])} of attacked inputs misclassified by a fresh "
+                    f"ensemble and not flagged by the {m['score']} detector (first through: {by})."
                 )
     return out
 
@@ -307,16 +376,30 @@ def attacks_section(ctx: EvalContext) -> dict[str, Any] | None:
         return _make_attack(name, "fixed", hg_method.eot, eps, c, score=hg_method.score)
 
     sec["gradient_checks"] = section_checks(ctx, hg_method, cfg, check_attack)
+    if cfg.autoattack:
+        sec["autoattack"] = autoattack_section(ctx, cfg)
     sec["plot"] = None  # one eps is one point per line: no plot (and no matplotlib time)
     if len(cfg.eps) > 1:
         sec["plot"] = plot_attack_success(sec["methods"], ctx.out_dir / PLOT_NAME).name
+    records = [rec for m in sec["methods"] for rec in m.pop("per_input")]
+    sec["per_input"] = records
+    sec["per_input_csv"] = write_csv(records, ctx.out_dir / CSV_NAME).name
     sec["findings"] = findings(sec)
+    hg_rows = sec["methods"][0]
     sec["gate_rows"] = [
         {
             "name": f"{r['attack']} {r['protocol']} eps={r['eps']:g} ({r['score']})",
             "missed": r["missed_and_wrong"],
+            "inconclusive": r["inconclusive"],
         }
-        for r in sec["methods"][0]["rows"]
+        for r in hg_rows["rows"]
+    ] + [
+        {
+            "name": f"worst case over all attacks eps={w['eps']:g} ({hg_rows['score']})",
+            "missed": w["missed_and_wrong"],
+            "inconclusive": w["inconclusive"],
+        }
+        for w in hg_rows["worst_case"]
     ]
     sec["seconds"] = round(time.perf_counter() - t0, 2)
     return sec
@@ -339,6 +422,47 @@ def _trained(m: dict[str, Any]) -> str:
     return out
 
 
+def render_worst_case(sec: dict[str, Any]) -> list[str]:
+    """Per method and eps: the per-input worst case over every row, with its Tramèr check."""
+    rows = []
+    for m in sec["methods"]:
+        checks = {c["eps"]: c for c in m.get("tramer", [])}
+        for w in m.get("worst_case", []):
+            c = checks.get(w["eps"])
+            rows.append([
+                m["name"], f"{w['eps']:g}", str(w["rows"]), pct(w["missed_and_wrong"]), pct(w["accuracy"]),
+                ", ".join(f"{k} {v}" for k, v in w["through_first_by"].items()) or "—",
+                "—" if c is None else
+                f"implies ≥ {pct(c['implied_accuracy_at_half'])} robust at eps {c['half_eps']:g}; measured "
+                f"{pct(c['measured_accuracy_at_half'])}: "
+                + ("consistent" if c["conclusive"] else "**INCONCLUSIVE**"),
+            ])  # fmt: skip
+    if not rows:
+        return []
+    return [
+        "**Worst case over all attacks** (an input counts as through if any row at that eps got it "
+        "misclassified by the scoring ensemble and unflagged), checked against the Tramèr bound: a "
+        "detector letting a share m through at eps, and rejecting a share r of clean inputs, gives a "
+        "classifier robust on at least 1 − m − r of inputs at eps/2; if the ensemble keeps less than that "
+        "under attack at "
+        "eps/2, the attack was too weak for this model and the figure is **inconclusive**, not a result.",
+        "",
+        *table(
+            [
+                "method",
+                "eps",
+                "rows",
+                "missed and wrong (any attack)",
+                "accuracy left (all attacks)",
+                "first through, by attack",
+                "Tramèr check",
+            ],
+            rows,
+        ),  # fmt: skip
+        "",
+    ]
+
+
 def render_attacks(sec: dict[str, Any]) -> list[str]:
     cfg, s = sec["config"], sec["sanity"]
     fpr = cfg["target_fpr"]
@@ -359,10 +483,14 @@ def render_attacks(sec: dict[str, Any]) -> list[str]:
         "is its network's adversarial-minus-clean logit margin, which adaptive attacks lower through the "
         "detector network (CE − λ·margin). Thresholds are fit on the "
         f"clean calibration split at {pct(fpr)} FPR. Rows where an attack gets through are listed once, in "
-        "the findings at the top of the report.",
+        "the findings at the top of the report. *Attack success* counts only the attacked inputs the "
+        "attacked networks classified correctly before the attack; *missed and wrong* counts all "
+        "attacked inputs.",
         "",
         TRAMER_BOUND,
         "",
+        *render_worst_case(sec),
+        *render_autoattack(sec.get("autoattack")),
         f"Sanity check (PGD, eps {s['params']['eps']:g}, {s['params']['steps']} steps, one fixed network): "
         f"success {pct(s['success'])} — **{'passed' if s['passed'] else 'FAILED: the attack is broken'}**.",
         "",
@@ -379,7 +507,7 @@ def render_attacks(sec: dict[str, Any]) -> list[str]:
             pct(r["fresh_accuracy"]),
             fmt(r["auroc"]),
             pct(r["tpr_at_threshold"]),
-            pct(r["missed_and_wrong"]),
+            pct(r["missed_and_wrong"]) + (" (inconclusive)" if r.get("inconclusive") else ""),
             fmt(r["mean_linf"]),
         ]
         for m in sec["methods"]

@@ -72,6 +72,13 @@ def apply_gate(report: dict[str, Any], limits: dict[str, float]) -> dict[str, An
         upper = key in UPPER_BOUNDS
         for r in measured:
             ok = r[key] <= limit if upper else r[key] >= limit
+            if key == "missed" and r.get("inconclusive"):  # too weak an attack proves nothing: not a pass
+                on = f"{r['name']} (inconclusive: Tramèr check)"
+                checks.append({"metric": key, "limit": limit, "bound": "upper", "value": r[key],
+                               "on": on, "passed": False})  # fmt: skip
+                failures.append(f"{key} on {r['name']}: inconclusive (the Tramèr check says the attack is "
+                                "too weak for this model), which is not a pass")  # fmt: skip
+                continue
             checks.append({"metric": key, "limit": limit, "bound": "upper" if upper else "lower",
                            "value": r[key], "on": r["name"], "passed": ok})  # fmt: skip
             if not ok:

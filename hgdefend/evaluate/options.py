@@ -76,13 +76,17 @@ class AttackOptions:
 
     attacks: tuple[str, ...] = DEFAULT_SUITE_ATTACKS
     eps: tuple[float, ...] = (0.1, 0.3)
-    protocols: tuple[str, ...] = ("paper", "fixed")
+    protocols: tuple[str, ...] = ()  # (): paper,fixed; fixed,adaptive with attacks="all"
     baselines: tuple[str, ...] = ()  # BASELINE_NAMES; -adv and binary-detector train at max(eps)
     n_inputs: int = 200  # the first n test inputs are attacked (every method gets the same ones)
     steps: int = 40
     alpha: float | None = None  # None: 2.5 · eps / steps
     restarts: int = 1
     fgsm_grid: int = 10
+    targets: int = 9  # runner-up classes the targeted attacks (apgd-t, apgd-ce-t) aim at (AutoAttack: 9)
+    search_steps: int = 4  # score-search: binary-search steps of λ per input
+    search_targets: int = 3  # score-search: runner-up classes per search step (0: untargeted)
+    autoattack: bool = True  # ART's AutoAttack as plain robust accuracy (fixed sample and fresh draws)
     lambdas: tuple[float, ...] = (0.0, 1.0)
     eot_members: int | None = None  # None: K
     bank_size: int | None = None  # adaptive targets a fixed bank of this many sampled networks
@@ -103,6 +107,12 @@ class AttackOptions:
         * ``apgd-ce`` — APGD (Croce & Hein 2020) on the ensemble's cross-entropy: its step size
           adapts, so a short budget needs no tuning, and at equal gradients it is at least as
           strong as PGD (tests/test_apgd.py).
+        * ``apgd-ce-t`` at the top 2 runner-up classes — targeted: every member pushed to the same
+          wrong class keeps their disagreement low, which untargeted cross-entropy does not (it
+          drives inputs to where members disagree, where the detector fires); the strongest
+          attack on diverse models in tests/test_targeted_attacks.py.
+        * the per-input worst case over all rows, checked against the Tramèr bound (measuring the
+          accuracy at eps/2 where eps/2 is not in the run).
         * ``adaptive`` only — what an attacker who knows the defence does (EOT over fresh HyperGAN
           samples, loss CE − λ·score); the paper's early-stop protocol flatters the detector, and
           λ = 0 is already a full-budget attack (with EOT), so ``fixed`` would add little.
@@ -119,7 +129,9 @@ class AttackOptions:
         ``refine`` (the attack options given without ``--attacks``) overrides any of these.
         """
         settings: dict[str, Any] = {
-            "attacks": ("apgd-ce",),
+            "attacks": ("apgd-ce", "apgd-ce-t"),
+            "targets": 2,
+            "autoattack": False,
             "eps": (0.1, 0.3),
             "protocols": ("adaptive",),
             "baselines": (),
@@ -134,8 +146,21 @@ class AttackOptions:
     def __post_init__(self) -> None:
         if self.preset not in (None, "default"):
             raise HgdefendError(f"preset: expected None or 'default', got {self.preset!r}")
-        self.attacks = parse_names(self.attacks, ATTACK_NAMES, "attacks") or DEFAULT_SUITE_ATTACKS
-        self.protocols = parse_names(self.protocols, PROTOCOL_NAMES, "protocols") or ("paper", "fixed")
+        every = self.attacks == "all" or (isinstance(self.attacks, (tuple, list)) and "all" in self.attacks)
+        named = parse_names(self.attacks, ATTACK_NAMES + ("all",), "attacks") if not every else ATTACK_NAMES
+        self.attacks = named or DEFAULT_SUITE_ATTACKS
+        default_protocols = ("fixed", "adaptive") if every else ("paper", "fixed")
+        self.protocols = parse_names(self.protocols, PROTOCOL_NAMES, "protocols") or default_protocols
+        if every and "paper" in self.protocols:
+            raise HgdefendError(
+                "protocols: --attacks all includes APGD, which has no early stop, so the paper protocol "
+                "(stop once fooled) does not apply; pass --protocols fixed,adaptive or name the attacks"
+            )
+        if "score-search" in self.attacks and "adaptive" not in self.protocols:
+            raise HgdefendError(
+                "attacks: score-search attacks the detector's score, so it runs only under the adaptive "
+                "protocol; add adaptive to --protocols"
+            )
         no_early_stop = [a for a in self.attacks if a.startswith("apgd")]
         if no_early_stop and "paper" in self.protocols:
             raise HgdefendError(
@@ -150,8 +175,9 @@ class AttackOptions:
                 f"baselines: {', '.join(at_eps)} train on inputs crafted at the largest eps, which is 0; "
                 "pass a positive --eps"
             )
-        for name in ("n_inputs", "steps", "restarts", "fgsm_grid"):
+        for name in ("n_inputs", "steps", "restarts", "fgsm_grid", "targets", "search_steps"):
             _positive_int(getattr(self, name), name)
+        _positive_int(self.search_targets, "search_targets", 0)
         _positive_int(self.n_bootstrap, "n_bootstrap", 0)
         if self.alpha is not None:
             parse_numbers([self.alpha], "alpha")
@@ -198,6 +224,7 @@ class EvaluateOptions:
     baselines: str | tuple[str, ...] | None = None
     attack_inputs: int | None = None
     attack_steps: int | None = None
+    attack_targets: int | None = None
     attack_alpha: float | None = None
     attack_lambdas: str | tuple[float, ...] | None = None
     eot_members: int | None = None
@@ -223,6 +250,7 @@ class EvaluateOptions:
             "baselines": self.baselines,
             "n_inputs": self.attack_inputs,
             "steps": self.attack_steps,
+            "targets": self.attack_targets,
             "alpha": self.attack_alpha,
             "lambdas": self.attack_lambdas,
             "eot_members": self.eot_members,

@@ -6,6 +6,7 @@ tables below it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .attacks import EVADES_MISSED, PROTOCOL_LABELS, TRAMER_BOUND
@@ -28,6 +29,25 @@ def _worst_attack(attacks: dict[str, Any]) -> dict[str, Any] | None:
     return max(rows, key=lambda r: (r["missed_and_wrong"], r["eps"])) if rows else None
 
 
+def _worst_case(attacks: dict[str, Any]) -> dict[str, Any] | None:
+    """The HyperGAN's per-input worst case over every attack at the eps where most got through."""
+    rows = [w for m in attacks.get("methods", []) if m["name"] == "hypergan" for w in m.get("worst_case", [])]
+    return max(rows, key=lambda w: (w["missed_and_wrong"], w["eps"])) if rows else None
+
+
+def _rows_at(attacks: dict[str, Any], eps: float) -> list[dict[str, Any]]:
+    return [
+        r for m in attacks.get("methods", []) if m["name"] == "hypergan" for r in m["rows"] if r["eps"] == eps
+    ]
+
+
+def _inconclusive(attacks: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not attacks:
+        return []
+    return [c for m in attacks.get("methods", []) if m["name"] == "hypergan" for c in m.get("tramer", [])
+            if not c["conclusive"]]  # fmt: skip
+
+
 def _why_no_attack(report: dict[str, Any]) -> str:
     """Why a report has no attack section: the task, an exported file without --attacks, or
     --no-attacks (a model on a classification task is attacked by default)."""
@@ -42,6 +62,15 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
     """``{"lines": [...], "conclusion": str, ...numbers the lines quote}`` for the top of the report."""
     lines: list[str] = []
     out: dict[str, Any] = {}
+    bad = _inconclusive(report.get("attacks"))
+    out["inconclusive"] = [{"eps": c["eps"], "verdict": c["verdict"]} for c in bad]
+    if bad:
+        eps = ", ".join(f"{c['eps']:g}" for c in bad)
+        lines.append(
+            f"INCONCLUSIVE at eps {eps}: the attacks are too weak for this model, so the detection figures "
+            f"at that budget are not results (Tramèr check: {bad[0]['verdict']}). Run a stronger attack "
+            "(--attacks all, more --attack-steps and --attack-targets) before trusting them."
+        )
     acc = report.get("accuracy") or {}
     if "ensembles" in acc:
         k = str(acc.get("members", acc["single_networks"]["count"]))
@@ -123,9 +152,16 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
             "adversarial inputs."
         )
     elif worst is not None:
-        lam = f", λ = {worst['params']['lam']:g}" if "lam" in worst["params"] else ""
+        lam = worst["params"].get("lam")
+        lam = f", λ = {lam:g}" if isinstance(lam, (int, float)) else ""
         label = _in_sentence(PROTOCOL_LABELS[worst["protocol"]])
         what = f"{label} {worst['attack'].upper()} at eps {worst['eps']:g}{lam}"
+        wc = _worst_case(att)
+        if wc is not None and wc["missed_and_wrong"] >= worst["missed_and_wrong"]:
+            what = f"all attacks together (per-input worst case of {wc['rows']} rows) at eps {wc['eps']:g}"
+            worst = {**worst, "attack": "worst case", "protocol": "any", "eps": wc["eps"],
+                     "missed_and_wrong": wc["missed_and_wrong"],
+                     "auroc": min((r["auroc"] for r in _rows_at(att, wc["eps"])), default=math.nan)}  # fmt: skip
         out["worst_finding"] = {
             "attack": worst["attack"],
             "protocol": worst["protocol"],
@@ -136,9 +172,10 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         scope = (
             " (small default section; --attacks runs the full suite)" if att["config"].get("preset") else ""
         )
+        auroc = "" if worst["attack"] == "worst case" else f" (AUROC {worst['auroc']:.3f})"
         lines.append(
             f"Worst finding{scope}: {what}: {pct(worst['missed_and_wrong'])} of attacked inputs "
-            f"misclassified and not flagged (AUROC {worst['auroc']:.3f}). {TRAMER_BOUND}"
+            f"misclassified and not flagged{auroc}. {TRAMER_BOUND}"
         )
     follows = []
     if worst is not None and worst["missed_and_wrong"] >= EVADES_MISSED:
@@ -162,6 +199,11 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         )
     if transfer is not None and not transfer.get("skipped") and not transfer["sanity"]["passed"]:
         follows.append("the attack sanity check failed, so the transfer numbers cannot be trusted")
+    if bad:
+        follows.append(
+            "the attack figures at eps " + ", ".join(f"{c['eps']:g}" for c in bad) + " are inconclusive "
+            "(too weak an attack for this model): do not read them as robustness"
+        )
     if not follows:
         measured = att is not None or (transfer is not None and not transfer.get("skipped"))
         ood = [o for o in (out.get("operating_point") or {}).get("ood") or [] if o.get("tpr") is not None]
