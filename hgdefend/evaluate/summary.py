@@ -159,9 +159,9 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         wc = _worst_case(att)
         if wc is not None and wc["missed_and_wrong"] >= worst["missed_and_wrong"]:
             what = f"all attacks together (per-input worst case of {wc['rows']} rows) at eps {wc['eps']:g}"
+            low = min((r["auroc"] for r in _rows_at(att, wc["eps"])), default=math.nan)
             worst = {**worst, "attack": "worst case", "protocol": "any", "eps": wc["eps"],
-                     "missed_and_wrong": wc["missed_and_wrong"],
-                     "auroc": min((r["auroc"] for r in _rows_at(att, wc["eps"])), default=math.nan)}  # fmt: skip
+                     "missed_and_wrong": wc["missed_and_wrong"], "auroc": low}  # fmt: skip
         out["worst_finding"] = {
             "attack": worst["attack"],
             "protocol": worst["protocol"],
