@@ -97,6 +97,12 @@ from .common import (
 )
 @click.option("--attack-steps", type=int, default=None, help="Attack steps [default: 20; 40 with --attacks].")
 @click.option(
+    "--attack-or-scores",
+    default=None,
+    help="Also attack a detector that flags when any of these scores fires, each at its own threshold, "
+    "e.g. entropy,mutual_information (the OR a user who combines scores deploys).",
+)
+@click.option(
     "--attack-targets",
     type=int,
     default=None,
@@ -148,6 +154,7 @@ def evaluate(
     attack_inputs,
     attack_steps,
     attack_targets,
+    attack_or_scores,
     plots,
     members,
     train_steps,
@@ -196,6 +203,7 @@ def evaluate(
         attack_inputs=attack_inputs,
         attack_steps=attack_steps,
         attack_targets=attack_targets,
+        attack_or_scores=attack_or_scores,
         plots=plots,
         model=model,
         onnx=onnx_path,

@@ -58,6 +58,25 @@ SCORE_FUNCTIONS = {
 }
 
 
+class ScoreOr:
+    """A detector that flags when *any* of several scores exceeds its own threshold, as a user who
+    combines scores would: ``max_i score_i / threshold_i`` (> 1 flags), differentiable, so an
+    adaptive attack can lower all of them at once."""
+
+    def __init__(self, names: tuple[str, ...] | list[str], thresholds: list[float]) -> None:
+        self.names = tuple(check_score_name(n) for n in names)
+        if len(self.names) != len(thresholds) or not self.names:
+            raise HgdefendError("thresholds: expected one threshold per score")
+        self.thresholds = [max(float(t), 1e-12) for t in thresholds]
+        self.__name__ = "or(" + ",".join(self.names) + ")"
+
+    def __call__(self, x: Tensor | None, member_logits: Tensor) -> Tensor:
+        parts = [
+            SCORE_FUNCTIONS[n](member_logits) / t for n, t in zip(self.names, self.thresholds, strict=True)
+        ]
+        return torch.stack(parts).max(0).values
+
+
 def check_score_name(name: str) -> str:
     if not isinstance(name, str) or name not in SCORE_FUNCTIONS:
         raise HgdefendError(f"score: expected one of {SCORES}, got {name!r}")

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..errors import HgdefendError
-from ..vocab import ATTACK_NAMES, BASELINE_NAMES, DEFAULT_SUITE_ATTACKS, PROTOCOL_NAMES
+from ..vocab import ATTACK_NAMES, BASELINE_NAMES, DEFAULT_SUITE_ATTACKS, PROTOCOL_NAMES, SCORES
 
 PLOT_NAMES = ("filters", "entropy-images")
 """Extra pictures ``evaluate --plots`` draws (the paper's appendix): ``filters``, the same first-layer
@@ -87,6 +87,7 @@ class AttackOptions:
     search_steps: int = 4  # score-search: binary-search steps of λ per input
     search_targets: int = 3  # score-search: runner-up classes per search step (0: untargeted)
     autoattack: bool = True  # ART's AutoAttack as plain robust accuracy (fixed sample and fresh draws)
+    or_scores: tuple[str, ...] = ()  # also attack a detector flagging when any of these scores fires
     lambdas: tuple[float, ...] = (0.0, 1.0)
     eot_members: int | None = None  # None: K
     bank_size: int | None = None  # adaptive targets a fixed bank of this many sampled networks
@@ -168,6 +169,9 @@ class AttackOptions:
                 "once fooled) does not apply to it; pass --protocols fixed,adaptive"
             )
         self.baselines = parse_names(self.baselines, BASELINE_NAMES, "baselines")
+        self.or_scores = parse_names(self.or_scores, SCORES, "or_scores")
+        if len(self.or_scores) == 1:
+            raise HgdefendError("or_scores: name two or more scores to combine, e.g. entropy,mutual_information")
         self.eps = parse_numbers(self.eps, "eps") or (0.1, 0.3)
         at_eps = [b for b in self.baselines if b.endswith("-adv") or b == "binary-detector"]
         if at_eps and max(self.eps) <= 0:
@@ -225,6 +229,7 @@ class EvaluateOptions:
     attack_inputs: int | None = None
     attack_steps: int | None = None
     attack_targets: int | None = None
+    attack_or_scores: str | tuple[str, ...] | None = None
     attack_alpha: float | None = None
     attack_lambdas: str | tuple[float, ...] | None = None
     eot_members: int | None = None
@@ -251,6 +256,7 @@ class EvaluateOptions:
             "n_inputs": self.attack_inputs,
             "steps": self.attack_steps,
             "targets": self.attack_targets,
+            "or_scores": self.attack_or_scores,
             "alpha": self.attack_alpha,
             "lambdas": self.attack_lambdas,
             "eot_members": self.eot_members,
