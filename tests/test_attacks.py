@@ -11,7 +11,7 @@ import torch
 from hgdefend import HyperGAN, Trainer
 from hgdefend.attacks import FGSM, PGD, AdaptivePGD, FreshSamples, ensemble_loss
 from hgdefend.evaluate import AttackOptions, EvaluateOptions, run_evaluate
-from hgdefend.evaluate.attacks import EVADES_MISSED, attackers_best, findings
+from hgdefend.evaluate.attacks import attackers_best, findings
 from hgdefend.evaluate.options import parse_numbers
 from hgdefend.recipes import default_recipe, default_spec
 from hgdefend.validation import HgdefendError
@@ -186,25 +186,33 @@ def test_evaluate_writes_attacks_section(tmp_path):
 
 
 def test_findings_report_inputs_that_get_through_not_a_low_auroc_alone():
-    def row(protocol, auroc, missed, **params):
-        return {"attack": "pgd", "protocol": protocol, "eps": 0.3, "score": "entropy", "auroc": auroc,
-                "tpr_at_threshold": 0.5, "missed_and_wrong": missed, "params": params}  # fmt: skip
+    """One finding per eps where the per-input worst case over every row lets a tenth or more
+    through (a high AUROC does not hide it), one per inconclusive Tramèr check; baselines are not
+    findings."""
 
+    def worst(eps, missed, **first):
+        return {"eps": eps, "rows": 3, "missed_and_wrong": missed, "accuracy": 0.1, "through_first_by": first}
+
+    check = {
+        "eps": 0.1,
+        "conclusive": False,
+        "verdict": "inconclusive: the attack is too weak for this model",
+    }
     sec = {
         "sanity": {"passed": True},
         "methods": [
-            {"name": "hypergan", "rows": [
-                row("adaptive", 0.26, 0.025, lam=0.3),  # score pushed below clean, but fools almost no one
-                row("fixed", 0.97, EVADES_MISSED),  # high AUROC, yet a tenth gets through
-                row("adaptive", 0.79, 0.83, lam=0.0),
-            ]},
-            {"name": "deep-ensemble", "rows": [row("fixed", 0.5, 0.9)]},  # baselines are not findings
+            {"name": "hypergan", "score": "entropy", "rows": [],
+             "worst_case": [worst(0.1, 0.025), worst(0.3, 0.83, **{"pgd adaptive": 80, "pgd fixed": 3})],
+             "tramer": [check, {"eps": 0.3, "conclusive": True, "verdict": "consistent"}]},
+            {"name": "deep-ensemble", "score": "entropy", "rows": [],
+             "worst_case": [worst(0.3, 0.9)], "tramer": []},
         ],
     }  # fmt: skip
     out = findings(sec)
     assert len(out) == 2
-    assert out[0].startswith("Fixed-budget PGD at eps 0.3 evades") and "10.0 %" in out[0]
-    assert "λ = 0" in out[1] and "83.0 %" in out[1] and "AUROC 0.79" in out[1]
+    assert out[0].startswith("Inconclusive at eps 0.1 (Tramèr check)")
+    assert "eps 0.3" in out[1] and "83.0 %" in out[1] and "pgd adaptive: 80" in out[1]
+    assert "worst case over 3 rows" in out[1]
 
 
 def test_adaptive_attacks_record_their_lambda_even_when_zero():

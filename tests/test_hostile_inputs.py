@@ -305,3 +305,27 @@ def test_input_npy_or_npz_declaring_23_gib_array_is_refused_before_reading(tmp_p
             ValueError, match=r"needs about 70\.6 GiB, more than the memory limit of 256\.0 MiB"
         ):
             load_inputs(tmp_path / name, "--input")
+
+
+def test_detect_flag_mode_writes_strict_json_and_errors_name_the_input(onnx_dir, tmp_path):
+    """``--invalid flag`` passes a NaN input to the graph: its scores are NaN, written as null so
+    that a strict parser (JSON.parse, Go, jq) reads every line; ``--invalid error`` names the input."""
+    from hgdefend.export.runtime import OnnxDetector
+
+    shape = OnnxDetector(onnx_dir / "e.onnx").input_shape
+    x = np.random.default_rng(0).random((3, *shape)).astype(np.float32)
+    x[1].flat[0] = np.nan
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    res = CliRunner().invoke(cli, ["detect", "-m", str(onnx_dir / "e.onnx"), "--input", str(path),
+                                   "--invalid", "flag", "-q"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+
+    def strict(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    rows = [json.loads(line, parse_constant=strict) for line in res.stdout.splitlines()]
+    assert len(rows) == 3 and rows[1]["input_valid"] is False and rows[1]["is_adversarial"] is True
+    assert any(v is None for v in rows[1].values())  # the NaN scores
+    res = CliRunner().invoke(cli, ["detect", "-m", str(onnx_dir / "e.onnx"), "--input", str(path)])
+    assert res.exit_code == 2 and "input 1 contains NaN" in res.output and "--invalid flag" in res.output

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sys
 
 import click
@@ -100,8 +101,8 @@ def detect(onnx_path, input_path, expected_sha256, labels_path, invalid, fmt, ou
     rows = det.records_from(outputs, labels)
     buf = io.StringIO()
     if fmt == "jsonl":
-        for row in rows:
-            buf.write(json.dumps(row) + "\n")
+        for row in rows:  # strict JSON: a NaN score (a flagged invalid input) is null, not bare NaN
+            buf.write(json.dumps(_finite_or_null(row), allow_nan=False) + "\n")
     else:
         fields = FIELDS + (LABEL_FIELDS if labels is not None else ())
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
@@ -119,6 +120,11 @@ def detect(onnx_path, input_path, expected_sha256, labels_path, invalid, fmt, ou
     summary = det.summary(outputs, labels)
     where = "" if out is None else f"wrote {len(rows)} records to {out}; "
     echo(f"{where}{summary_line(summary)} ({det.providers[0]})", err=True)
+
+
+def _finite_or_null(row: dict) -> dict:
+    """NaN and ±inf → None, so every line parses with JSON.parse, Go's encoding/json and jq."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
 def _pct(value: float | None) -> str:

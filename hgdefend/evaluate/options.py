@@ -171,7 +171,9 @@ class AttackOptions:
         self.baselines = parse_names(self.baselines, BASELINE_NAMES, "baselines")
         self.or_scores = parse_names(self.or_scores, SCORES, "or_scores")
         if len(self.or_scores) == 1:
-            raise HgdefendError("or_scores: name two or more scores to combine, e.g. entropy,mutual_information")
+            raise HgdefendError(
+                "or_scores: name two or more scores to combine, e.g. entropy,mutual_information"
+            )
         self.eps = parse_numbers(self.eps, "eps") or (0.1, 0.3)
         at_eps = [b for b in self.baselines if b.endswith("-adv") or b == "binary-detector"]
         if at_eps and max(self.eps) <= 0:

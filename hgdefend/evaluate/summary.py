@@ -44,8 +44,8 @@ def _rows_at(attacks: dict[str, Any], eps: float) -> list[dict[str, Any]]:
 def _inconclusive(attacks: dict[str, Any] | None) -> list[dict[str, Any]]:
     if not attacks:
         return []
-    return [c for m in attacks.get("methods", []) if m["name"].startswith("hypergan") for c in m.get("tramer", [])
-            if not c["conclusive"]]  # fmt: skip
+    methods = [m for m in attacks.get("methods", []) if m["name"].startswith("hypergan")]
+    return [c for m in methods for c in m.get("tramer", []) if not c["conclusive"]]
 
 
 def _why_no_attack(report: dict[str, Any]) -> str:

@@ -96,12 +96,19 @@ def check_array(
         raise HgdefendError(f"{name}: is empty (batch size 0)")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if invalid == "error":
-        if not np.isfinite(arr).all():
-            raise HgdefendError(f"{name}: contains NaN or infinite values")
-        if not valid_mask(arr, value_range).all():
+        hint = "; to have the graph flag such inputs instead, pass --invalid flag (invalid='flag')"
+        finite = np.isfinite(arr).reshape(len(arr), -1).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise HgdefendError(
+                f"{name}: input {int(bad[0])} contains NaN or infinite values ({len(bad)} such inputs){hint}"
+            )
+        ok = valid_mask(arr, value_range)
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
             raise HgdefendError(
                 f"{name}: values must lie in {_fmt_range(value_range)}, got min {float(arr.min()):.4g}, "
-                f"max {float(arr.max()):.4g}"
+                f"max {float(arr.max()):.4g} (input {int(bad[0])} first, {len(bad)} such inputs){hint}"
             )
     return arr
 
