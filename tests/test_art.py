@@ -241,8 +241,12 @@ def test_detector_errors(clf, digits, trained_digits):
         fresh.detect(digits.test.x.numpy())
     with pytest.raises(HgdefendError, match="target_fpr"):
         EntropyEvasionDetector(clf, target_fpr=1.5)
-    with pytest.raises(HgdefendError, match="x: values must lie in"):
+    with pytest.raises(
+        HgdefendError, match=r"x_calib: input 0 \(\d+ in all\) has NaN or infinite values or outside"
+    ):
         fresh.fit(digits.calib.x.numpy() * 255)
+    with pytest.raises(HgdefendError, match="invalid: expected one of"):
+        EntropyEvasionDetector(clf, invalid="ignore")
     other = HyperGANClassifier(trained_digits, device_type="cpu", members=3)
     det = EntropyEvasionDetector(other).fit(digits.calib.x.numpy())
     other.resample(7)
@@ -272,3 +276,28 @@ def test_detector_classifier_matches_detector_and_art_attacks_drive_it(clf, dete
     hit = combined.predict(x_evade).argmax(1) == wrong
     assert hit.any()
     assert not detector.detect(x_evade[hit])[1].any()
+
+
+def test_detector_with_defaults_fails_closed_per_input(trained_digits, digits):
+    """No clip_values given: the classifier takes the data's [0, 1], and the detector flags 0–255,
+    ×1.3, NaN and ±inf inputs one by one (score NaN) while the valid ones in the same batch are
+    scored as usual; ``invalid="error"`` refuses the batch naming the first bad input."""
+    clf = HyperGANClassifier(trained_digits, device_type="cpu", members=10)
+    assert tuple(float(v) for v in clf.clip_values) == (0.0, 1.0)
+    det = EntropyEvasionDetector(clf).fit(digits.calib.x.numpy())
+    x = digits.test.x[:8].numpy().copy()
+    base_report, base = det.detect(x)
+    bad = x.copy()
+    bad[1] *= 255
+    bad[2] = np.clip(bad[2] * 1.3 + 0.05, 0, None)
+    bad[3].flat[0] = np.nan
+    bad[4].flat[5] = -np.inf
+    report, flagged = det.detect(bad)
+    assert flagged[1:5].all() and not report["input_valid"][1:5].any()
+    assert np.isnan(report["scores"][1:5]).all()
+    keep = [0, 5, 6, 7]
+    np.testing.assert_array_equal(flagged[keep], base[keep])
+    np.testing.assert_allclose(report["scores"][keep], base_report["scores"][keep], rtol=1e-5)
+    strict = EntropyEvasionDetector(clf, invalid="error").fit(digits.calib.x.numpy())
+    with pytest.raises(HgdefendError, match=r"x: input 1 \(4 in all\)"):
+        strict.detect(bad)

@@ -35,6 +35,11 @@ def _probe_logits(module: EnsembleLogits, input_shape: tuple[int, ...]) -> None:
         )
 
 
+DEFAULT_CLIP_VALUES = (0.0, 1.0)
+"""``clip_values`` when none is given: the input range of hgdefend's classification data (images
+scaled to [0, 1]); pass your own for other inputs."""
+
+
 # --------------------------------------------------------------------------- the ART estimator
 class HyperGANClassifier(PyTorchClassifier):
     """An ART ``PyTorchClassifier`` over a HyperGAN's sampled ensemble.
@@ -42,7 +47,9 @@ class HyperGANClassifier(PyTorchClassifier):
     ``model`` is a trained :class:`~hgdefend.HyperGAN` (or an :class:`EnsembleLogits`, which is what
     ART's cloning passes back). ``loss``, ``input_shape`` and ``nb_classes`` default to
     cross-entropy and the target's shapes; the rest of the positional signature is
-    ``PyTorchClassifier``'s, so ART can clone it. Keyword-only extras: ``members`` (K, default 10),
+    ``PyTorchClassifier``'s, so ART can clone it. ``clip_values`` defaults to
+    :data:`DEFAULT_CLIP_VALUES` (the data's [0, 1]), so attacks stay in range and the detector flags
+    inputs outside it. Keyword-only extras: ``members`` (K, default 10),
     ``sample_mode`` (``"fixed"`` bank, the default, or ``"fresh"`` weights per call), ``seed`` (of
     the bank and of the fresh stream) and ``train_config`` (used by :meth:`fit`). ``optimizer`` is
     accepted for signature compatibility only: :meth:`fit` trains with the HyperGAN objective and
@@ -73,6 +80,10 @@ class HyperGANClassifier(PyTorchClassifier):
         seed: int | None = 0,
         train_config: TrainConfig | None = None,
     ) -> None:
+        if clip_values is None and isinstance(model, HyperGAN):
+            # the range every hgdefend classification model is trained and checked on; without it
+            # ART's attacks leave the range and the detector cannot tell out-of-range inputs
+            clip_values = DEFAULT_CLIP_VALUES
         if isinstance(model, HyperGAN):
             if model.target.task != "classification":
                 raise HgdefendError(
@@ -168,9 +179,10 @@ class HyperGANClassifier(PyTorchClassifier):
         return self._members_module.ensemble()
 
     # ------------------------------------------------------------------ input checks
-    def _check_x(self, x: Any, name: str = "x") -> np.ndarray | Tensor:
+    def _check_x(self, x: Any, name: str = "x", *, finite: bool = True) -> np.ndarray | Tensor:
         """float32 of shape ``[B, *input_shape]``; float64 is converted, the rest is rejected by name
-        (ART itself fails deep inside torch on these)."""
+        (ART itself fails deep inside torch on these). ``finite=False`` lets NaN and ±inf through, for
+        the detector, which flags such inputs one by one."""
         shape = tuple(self.input_shape)
         if isinstance(x, Tensor):
             if not x.is_floating_point():
@@ -196,10 +208,10 @@ class HyperGANClassifier(PyTorchClassifier):
         if arr_shape[0] == 0:
             raise HgdefendError(f"{name}: is empty (batch size 0)")
         if isinstance(x, Tensor):
-            if not bool(torch.isfinite(x).all()):
+            if finite and not bool(torch.isfinite(x).all()):
                 raise HgdefendError(f"{name}: contains NaN or infinite values")
             return x.float() if x.dtype != torch.float32 else x
-        if not np.isfinite(x).all():
+        if finite and not np.isfinite(x).all():
             raise HgdefendError(f"{name}: contains NaN or infinite values")
         return np.ascontiguousarray(x, dtype=np.float32)
 

@@ -16,6 +16,8 @@ from ..validation import HgdefendError, check_fraction
 from .classifier import HyperGANClassifier
 from .modules import DetectorLogits, EnsembleLogits, MemberLogits
 
+INVALID_MODES = ("flag", "error")
+
 
 # --------------------------------------------------------------------------- the ART detector
 class EntropyEvasionDetector(EvasionDetector):
@@ -26,9 +28,13 @@ class EntropyEvasionDetector(EvasionDetector):
     the report. Inputs go through the classifier's preprocessing first, as they do for prediction.
     ``scoring_seed`` scores with a fresh sample of networks instead of the classifier's bank (the
     paper's protocol: the attacker never saw the weights that judge the input).
+
+    Inputs with NaN, ±inf or values outside the classifier's ``clip_values`` are *flagged* one by
+    one (score NaN), never passed unflagged; ``invalid="error"`` refuses the batch instead, naming
+    the first such input. Calibration data must be valid.
     """
 
-    defence_params = ["target_fpr", "score"]
+    defence_params = ["target_fpr", "score", "invalid"]
 
     def __init__(
         self,
@@ -37,8 +43,12 @@ class EntropyEvasionDetector(EvasionDetector):
         *,
         score: str = "entropy",
         scoring_seed: int | None = None,
+        invalid: str = "flag",
     ) -> None:
         super().__init__()
+        if invalid not in INVALID_MODES:
+            raise HgdefendError(f"invalid: expected one of {INVALID_MODES}, got {invalid!r}")
+        self.invalid = invalid
         if not isinstance(classifier, HyperGANClassifier):
             raise HgdefendError(f"classifier: expected a HyperGANClassifier, got {type(classifier).__name__}")
         if isinstance(classifier.model.logits, DetectorLogits):
@@ -52,20 +62,36 @@ class EntropyEvasionDetector(EvasionDetector):
         self.score = check_score_name(score)
         self.scoring_seed = scoring_seed
 
-    def _prepare(self, x: Any, name: str = "x") -> np.ndarray:
+    def _prepare(self, x: Any, name: str = "x", *, flag: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(preprocessed inputs, per-input validity). Invalid inputs raise unless ``flag``; flagged
+        ones are replaced by the range's low end before scoring (their scores are discarded)."""
         clf = self.classifier
-        x = clf._check_x(x, name)
+        x = clf._check_x(x, name, finite=False)
         if isinstance(x, Tensor):
             x = x.detach().cpu().numpy()
+        ok = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+        lo = hi = None
         if clf.clip_values is not None:
             lo, hi = (np.asarray(v, dtype=np.float32) for v in clf.clip_values)
-            if np.any(x < lo - 1e-5) or np.any(x > hi + 1e-5):
-                raise HgdefendError(
-                    f"{name}: values must lie in the classifier's clip_values "
-                    f"[{np.min(lo):g}, {np.max(hi):g}], got min {x.min():.4g}, max {x.max():.4g}"
+            with np.errstate(invalid="ignore"):
+                inside = (x >= lo - 1e-5) & (x <= hi + 1e-5)
+            ok &= inside.reshape(len(x), -1).all(axis=1)
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            if not flag:
+                where = (
+                    ""
+                    if lo is None
+                    else f" or outside the classifier's clip_values [{np.min(lo):g}, {np.max(hi):g}]"
                 )
+                raise HgdefendError(
+                    f"{name}: input {int(bad[0])} ({len(bad)} in all) has NaN or infinite values{where}"
+                    + ("; detect() flags such inputs unless invalid='error'" if name == "x" else "")
+                )
+            x = x.copy()
+            x[bad] = 0.0 if lo is None else np.broadcast_to(lo, x.shape[1:])
         x_pre, _ = clf._apply_preprocessing(x, y=None, fit=False)
-        return np.ascontiguousarray(x_pre, dtype=np.float32)
+        return np.ascontiguousarray(x_pre, dtype=np.float32), ok
 
     def fit(self, x: np.ndarray, y: np.ndarray | None = None, batch_size: int = 128, nb_epochs: int = 20,
             **kwargs: Any) -> EntropyEvasionDetector:  # fmt: skip
@@ -78,7 +104,7 @@ class EntropyEvasionDetector(EvasionDetector):
             scoring.value_range = None
         self.detector_ = ScoreDetector(ens, self.score, self.target_fpr, scoring_ensemble=scoring,
                                        batch_size=int(batch_size))  # fmt: skip
-        self.detector_.fit(self._prepare(x, "x"))
+        self.detector_.fit(self._prepare(x, "x_calib")[0])
         self._bank_version = clf._members_module.bank_version
         return self
 
@@ -93,21 +119,29 @@ class EntropyEvasionDetector(EvasionDetector):
         if self.scoring_seed is None and self.classifier._members_module.bank_version != self._bank_version:
             raise HgdefendError("detector: the classifier's bank was resampled after fit; call fit again")
 
-    def scores(self, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
-        """Per-input scores (higher = more suspicious)."""
+    def _scores(self, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         self._check_fitted()
         self.detector_.batch_size = int(batch_size)
-        return self.detector_.scores(self._prepare(x, "x"))
+        x_pre, ok = self._prepare(x, "x", flag=self.invalid == "flag")
+        s = self.detector_.scores(x_pre)
+        return np.where(ok, s, np.nan), ok
+
+    def scores(self, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
+        """Per-input scores (higher = more suspicious); NaN for an invalid input."""
+        return self._scores(x, batch_size)[0]
 
     def detect(self, x: np.ndarray, batch_size: int = 128, **kwargs: Any) -> tuple[dict, np.ndarray]:
-        s = self.scores(x, batch_size)
-        flagged = s > self.detector_.threshold_  # ScoreDetector.flag's rule, without a second forward
+        s, ok = self._scores(x, batch_size)
+        with np.errstate(invalid="ignore"):
+            flagged = ~ok | (s > self.detector_.threshold_)  # ScoreDetector.flag's rule; invalid: flagged
         report = {"scores": s, "threshold": self.detector_.threshold_, "score": self.score,
                   "target_fpr": self.target_fpr, "flagged_fraction": float(flagged.mean()),
-                  "detector": self.detector_.describe()}  # fmt: skip
+                  "input_valid": ok, "detector": self.detector_.describe()}  # fmt: skip
         return report, flagged
 
     def _check_params(self) -> None:
+        if self.invalid not in INVALID_MODES:
+            raise HgdefendError(f"invalid: expected one of {INVALID_MODES}, got {self.invalid!r}")
         check_fraction(self.target_fpr, "target_fpr")
         check_score_name(self.score)
 
