@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -26,6 +28,7 @@ from hgdefend.export import (
     read_metadata,
 )
 from hgdefend.export.fileformat import file_sha256
+from hgdefend.export.graph import EXPORT_KERNELS
 from hgdefend.targets import digits_small
 from hgdefend.validation import HgdefendError
 
@@ -751,3 +754,26 @@ def test_latency_benchmark_times_each_kernel(tmp_path):
     timed = {r["kernel"]: r for r in rows if "median_ms" in r}
     assert set(timed) == {"grouped", "loop"} and timed["grouped"]["relative_to_grouped"] == 1.0
     assert all(r["max_abs_prob_diff"] <= 1e-4 for r in rows if "max_abs_prob_diff" in r)
+
+
+# --------------------------------------------------------------------------- batch 0
+@pytest.mark.parametrize("kernel", EXPORT_KERNELS)
+def test_every_kernel_answers_an_empty_batch_in_plain_onnxruntime(small_hg, tmp_path, kernel):
+    """The graph declares a dynamic batch axis, so a serving stack may send a batch of 0: it must get
+    empty outputs, not a crashed process (a subprocess, so that a crash fails this test only)."""
+    path = tmp_path / "e.onnx"
+    export_onnx(small_hg, 3, path, seed=1, threshold=1.0, kernel=kernel)
+    code = (
+        "import json, sys, numpy as np, onnxruntime as ort\n"
+        "s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n"
+        "i = s.get_inputs()[0]\n"
+        "shape = [0] + [int(d) for d in i.shape[1:]]\n"
+        "outs = s.run(None, {i.name: np.zeros(shape, np.float32)})\n"
+        "print(json.dumps({o.name: list(v.shape) for o, v in zip(s.get_outputs(), outs)}))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    shapes = json.loads(res.stdout.strip().splitlines()[-1])
+    assert shapes["member_logits"][:2] == [3, 0] and shapes["probabilities"][0] == 0
+    assert all(v[0] == 0 for k, v in shapes.items() if k != "member_logits"), shapes
+    assert "is_adversarial" in shapes

@@ -104,15 +104,23 @@ class EnsembleGraph(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         params = {name: getattr(self, f"w{i}") for i, name in enumerate(self.names)}
-        logits = self.target.forward(params, x, strategy=self.kernel)
+        # One constant in-range input rides along and every output is sliced back to the batch:
+        # the graph declares a dynamic batch axis, and on an empty batch onnxruntime's kernels
+        # failed (a floating-point exception that killed the host process with the grouped kernel,
+        # a broadcast error with the others, reductions that kept the class axis). With the pad no
+        # kernel ever sees an empty tensor, and batch 0 gives empty outputs. Cost: one input more.
+        n = x.shape[0]
+        pad = torch.full((1, *x.shape[1:]), min(max(0.0, self.lo), self.hi), dtype=x.dtype)
+        xp = torch.cat([x, pad])
+        logits = self.target.forward(params, xp, strategy=self.kernel)
         probs = mean_probs(logits)
         scores = [SCORE_FUNCTIONS[s](logits) for s in SCORES]
         # NaN compares false and ±inf lies outside the finite bounds: one test covers all three.
-        valid = ((x >= self.lo) & (x <= self.hi)).flatten(1).all(1)
-        out = [logits, probs, probs.argmax(-1), *scores, valid]
+        valid = ((xp >= self.lo) & (xp <= self.hi)).flatten(1).all(1)
+        out = [logits[:, :n], probs[:n], probs.argmax(-1)[:n], *(s[:n] for s in scores), valid[:n]]
         if self.has_threshold:
             # not (score <= t): a NaN score is flagged too; an invalid input always is.
-            out.append(~(scores[SCORES.index(self.score)] <= self.threshold) | ~valid)
+            out.append((~(scores[SCORES.index(self.score)] <= self.threshold) | ~valid)[:n])
         return tuple(out)
 
 
