@@ -691,6 +691,23 @@ def test_evaluate_onnx_transfer_attacks_are_scored_by_the_graph(five_classes, tm
     assert sec["sanity"]["passed"] and len(sec["gate_rows"]) == 2
 
 
+def test_evaluate_onnx_adaptive_attacks_fight_the_files_own_score_and_threshold(five_classes, tmp_path):
+    from hgdefend.evaluate import EvaluateOptions, run_evaluate
+
+    _, _, _, out = five_classes
+    det = OnnxDetector(out)
+    opts = EvaluateOptions(onnx=str(out), out=str(tmp_path / "r"), quiet=True,
+                           attacks="apgd-ce-t,score-search", eps="0.2", protocols="adaptive",
+                           attack_inputs=10, attack_steps=2, attack_targets=2, eot_members=2,
+                           attack_bootstrap=0)  # fmt: skip
+    report, _ = run_evaluate(opts)
+    rows = report["transfer"]["rows"]
+    assert [r["attack"] for r in rows] == ["apgd-ce-t", "score-search"]
+    for r in rows:
+        assert r["score"] == det.score and r["params"]["threshold"] == pytest.approx(det.threshold)
+    assert rows[0]["params"]["targets"] == 2 and rows[1]["params"]["lam"].startswith("searched")
+
+
 def test_evaluate_onnx_without_its_source_model(five_classes, model_file, tmp_path):
     from hgdefend.evaluate import EvaluateOptions, run_evaluate
 

@@ -16,7 +16,15 @@ from ..attacks import FreshSamples
 from ..detectors.metrics import binomial_ci, detection_metrics
 from ..errors import HgdefendError
 from ..export.runtime import OnnxDetector
-from .attacks import EVADES_MISSED, PROTOCOL_LABELS, _make_attack, _predict, attackers_best, sanity_check
+from .attacks import (
+    EVADES_MISSED,
+    PROTOCOL_LABELS,
+    _make_attack,
+    _predict,
+    applies,
+    attackers_best,
+    sanity_check,
+)
 from .context import EvalContext
 from .formatting import fmt, num_ci, pct, pct_ci, table
 from .onnx_source import NAME
@@ -81,6 +89,8 @@ def transfer_section(ctx: EvalContext) -> dict[str, Any] | None:
     rows = []
     for attack in cfg.attacks:
         for protocol in cfg.protocols:
+            if not applies(attack, protocol) or (attack == "score-search" and det.threshold is None):
+                continue
             for eps in cfg.eps:
                 if protocol == "adaptive":
                     eot = FreshSamples(ctx.hypergan, cfg.eot_members or det.k, seed=cfg.seed + 2,
@@ -91,8 +101,10 @@ def transfer_section(ctx: EvalContext) -> dict[str, Any] | None:
                 for label, target, judge in targets:
                     clean_ok = _predict(judge, x)[0] == y
                     sweep = []
-                    for lam in cfg.lambdas if protocol == "adaptive" else (0.0,):
-                        atk = _make_attack(attack, protocol, target, eps, cfg, score=det.score, lam=lam)
+                    lams = cfg.lambdas if protocol == "adaptive" and attack != "score-search" else (0.0,)
+                    for lam in lams:  # the file's own score and threshold are what the attacker fights
+                        atk = _make_attack(attack, protocol, target, eps, cfg, score=det.score, lam=lam,
+                                           threshold=det.threshold)  # fmt: skip
                         x_adv = atk(x, y)
                         fooled = (_predict(judge, x_adv)[0] != y) & clean_ok
                         n_ok = int(clean_ok.sum())
