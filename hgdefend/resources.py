@@ -2,7 +2,11 @@
 before anything is allocated.
 
 The limit is, in order: :func:`set_memory_limit` (the CLI's ``--max-memory``), the environment
-variable ``HGDEFEND_MAX_MEMORY``, else 80 % of the machine's physical memory. A refusal names the
+variable ``HGDEFEND_MAX_MEMORY``, else 80 % of the memory this process may use: the machine's
+physical memory, or less where the process runs under an address-space limit (``ulimit -v``,
+RLIMIT_AS) or a container's cgroup memory limit (v2 ``memory.max``, v1
+``memory.limit_in_bytes``) — a guard that read only the machine's RAM let a 1 MB file that inflates
+to 1 GiB past it into a numpy allocation failure under such a limit. A refusal names the
 estimate, the limit and how to raise it. Estimates are lower bounds of what an operation needs
 (the bytes of the arrays it must hold), so a refusal is never a false alarm about a small job.
 Standard library only: the CLI checks arguments before importing torch.
@@ -47,13 +51,38 @@ def physical_memory() -> int:
         return 8 << 30
 
 
+CGROUP_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def process_limits() -> list[int]:
+    """The limits below physical memory that apply to this process (bytes): RLIMIT_AS's soft
+    limit and the cgroup's memory limit, where set."""
+    out = []
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft not in (resource.RLIM_INFINITY, -1) and soft > 0:
+            out.append(int(soft))
+    except (ImportError, OSError, ValueError):  # not POSIX
+        pass
+    for path in CGROUP_FILES:
+        try:
+            text = open(path).read().strip()  # noqa: SIM115 - a one-line pseudo-file
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < (1 << 60):  # "max" or v1's huge sentinel: no limit
+            out.append(int(text))
+    return out
+
+
 def memory_limit() -> int:
     if _override is not None:
         return _override
     env = os.environ.get(ENV_VAR)
     if env:
         return parse_size(env, ENV_VAR)
-    return int(physical_memory() * 0.8)
+    return int(min([physical_memory(), *process_limits()]) * 0.8)
 
 
 def set_memory_limit(value: object | None) -> None:

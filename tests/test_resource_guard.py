@@ -1,12 +1,18 @@
 """Ensemble and batch sizes are checked against the memory estimate before anything is allocated
 (issue 17, item 2): each test is named after an argument that exhausted memory before."""
 
+import os
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
 from hgdefend import HyperGAN, TrainConfig, Trainer, load_data, save_model
 from hgdefend.cli.main import cli
+from hgdefend.export import export_onnx
 from hgdefend.hypergan import ensemble_bytes
 from hgdefend.resources import ResourceLimitError
 from hgdefend.targets import digits_small
@@ -147,3 +153,32 @@ def test_hidden_1000000000_in_train_is_refused_before_allocation(tmp_path):
 
     built = sum(p.numel() for p in hg.parameters())
     assert _hypergan_params(16, 8, 32, hg.groups, True, True) == built
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="RLIMIT_AS is Linux-only here")
+@pytest.mark.parametrize("extra", [[], ["--max-memory", "100G"]])
+def test_a_memory_limited_process_gets_one_line_not_a_traceback(tmp_path, extra):
+    """A 1 MB .npz that inflates to 1 GiB, under ``ulimit -v`` 1.5 GiB: the guard reads the process's
+    limit (not the machine's RAM) and refuses; with the guard raised past it (--max-memory 100G) the
+    allocation itself fails, which is one line and exit 2 as well."""
+    import resource
+
+    torch.manual_seed(0)
+    save_model(tmp_path / "m.safetensors", HyperGAN(digits_small(), noise_dim=16, code_dim=8, hidden=32),
+               dataset={"name": "digits", "classes": list(range(10))})  # fmt: skip
+    export_onnx(tmp_path / "m.safetensors", 2, tmp_path / "e.onnx", threshold=0.5)
+    big = tmp_path / "big.npz"
+    np.savez_compressed(big, x=np.zeros((2**22, 1, 8, 8), np.float32))
+    assert big.stat().st_size < 2 << 20
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))
+
+    code = "import sys; from hgdefend.cli.main import main; sys.argv[0] = 'hgdefend'; main()"
+    args = ["detect", "-m", str(tmp_path / "e.onnx"), "--input", str(big), *extra]
+    env = {k: v for k, v in os.environ.items() if k != "HGDEFEND_MAX_MEMORY"}  # the default limit
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         preexec_fn=limit, timeout=300, env=env)  # fmt: skip
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-2000:]
+    assert ("memory limit of 1.2 GiB" in lines[0]) if not extra else ("memory" in lines[0])

@@ -41,6 +41,11 @@ def friendly_errors(fn: Callable) -> Callable:
         except (HgdefendError, ValueError, FileNotFoundError, IsADirectoryError,
                 PermissionError) as exc:  # fmt: skip
             raise CLIError(str(exc)) from exc
+        except MemoryError as exc:  # an allocation the guard's estimate did not foresee: one line, exit 2
+            raise CLIError(
+                f"out of memory: {exc or 'an allocation failed'} (lower the sizes involved, or raise the "
+                "process's memory limit; --max-memory sets the limit hgdefend checks sizes against)"
+            ) from exc
 
     return wrapper
 
