@@ -6,6 +6,7 @@ scripts from rotting between measured runs.
 
 import json
 
+from hgdefend.vocab import ATTACK_NAMES
 from tests.conftest import run_benchmark
 
 
@@ -96,3 +97,24 @@ def test_head_cost_benchmark_quick_times_heads_against_one_forward():
     assert isinstance(d["goal_met"], bool) and d["goal_met"] == d["goal"]["goal_met"]
     assert d["goal"]["k"] == 3 and d["goal"]["issue_case"] is False  # batch 4 does not decide the goal
     assert d["max_abs_diff_zero_offsets_vs_model"] <= 1e-4  # Δ = 0 heads are the user's model
+
+
+def test_adaptive_benchmark_quick_runs_the_default_section_and_the_full_suite(
+    trained_digits, digits, tmp_path
+):
+    from hgdefend import save_model
+
+    model = tmp_path / "m.safetensors"
+    save_model(model, trained_digits, dataset=digits.describe(), training={"steps": 400, "seed": 0})
+    out = tmp_path / "r.json"
+    run_benchmark("adaptive_mnist.py", "--quick", "--model", f"digits={model}", "--members", "4",
+                  "--reports", str(tmp_path / "reports"), "--out", str(out))  # fmt: skip
+    d = json.loads(out.read_text())
+    m = d["models"]["digits"]
+    assert m["default"]["config"]["preset"] == "default"
+    assert m["full"]["config"]["attacks"] == list(ATTACK_NAMES)
+    assert [w["eps"] for w in m["full"]["worst_case"]] == [0.1, 0.2, 0.3]
+    assert {c["eps"] for c in m["full"]["tramer"]} == {0.1, 0.2, 0.3}
+    assert m["full"]["autoattack"]["fixed_sample"]["members"] == 4
+    table = run_benchmark("adaptive_mnist.py", "--table", str(out))
+    assert "| digits |" in table and "AutoAttack" in table
