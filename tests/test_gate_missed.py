@@ -84,7 +84,7 @@ def test_default_section_and_its_refinements():
     )
     assert cfg.eps == (0.1, 0.3) and cfg.baselines == () and cfg.lambdas == (0.0, 1.0)
     assert cfg.targets == 2 and not cfg.autoattack
-    assert cfg.eot_members == 10 and cfg.n_inputs == 100 and cfg.steps == 20
+    assert cfg.eot_members == 20 and cfg.n_inputs == 100 and cfg.steps == 20
     refined = EvaluateOptions(eps="0.3", attack_inputs=7, seed=3).attack_options()
     assert refined.eps == (0.3,) and refined.n_inputs == 7 and refined.seed == 3
     assert refined.protocols == ("adaptive",) and refined.preset == "default"
@@ -151,7 +151,7 @@ def test_default_attack_section_end_to_end_and_the_missed_gate(model_file, tmp_p
     assert cfg["preset"] == "default" and cfg["attacks"] == ["apgd-ce", "apgd-ce-t"]
     assert cfg["protocols"] == ["adaptive"]
     assert (
-        cfg["eps"] == [0.1, 0.3] and cfg["eot_members"] == 10 and cfg["n_inputs"] == 20 and cfg["steps"] == 3
+        cfg["eps"] == [0.1, 0.3] and cfg["eot_members"] == 20 and cfg["n_inputs"] == 20 and cfg["steps"] == 3
     )
     (hg,) = sec["methods"]
     assert [(r["attack"], r["eps"]) for r in hg["rows"]] == [
