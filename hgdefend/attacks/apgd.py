@@ -93,6 +93,11 @@ def runner_up_classes(member_logits: Tensor, y: Tensor, k: int) -> Tensor:
     return z.topk(min(k, z.shape[-1] - 1), dim=-1).indices.T
 
 
+def rank_info(rank: tuple[Tensor, Tensor, Tensor]) -> dict[str, Tensor]:
+    """``last_info``'s per-example result: under the threshold and fooled, fooled, the key."""
+    return {"evaded": rank[0].cpu(), "fooled": rank[1].cpu(), "loss": rank[2].cpu()}
+
+
 def apgd_checkpoints(steps: int) -> tuple[int, ...]:
     """Iterations ⌈p_j · steps⌉ (strictly between 0 and ``steps``) where η may be halved."""
     p = [0.0, 0.22]
@@ -314,9 +319,7 @@ class APGD(Attack):
             "checkpoints": list(self.checkpoints),
             "target_calls": runs * (self.steps + 1) * self.eot_iter,
             "final_step_size": eta.cpu(),
-            "loss": rank[2].cpu(),
-            "fooled": rank[1].cpu(),
-            "evaded": rank[0].cpu(),
+            **rank_info(rank),
         }
         return best
 

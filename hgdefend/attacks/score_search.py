@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..validation import HgdefendError
-from .apgd import APGD, _better
+from .apgd import APGD, _better, rank_info
 from .base import check_positive_int
 
 LAM_START = 1.0
@@ -97,13 +97,7 @@ class ScoreSearch(APGD):
             lam[idx], hi[idx], lo[idx] = li, hi_i, lo_i
         self.seed = seed
         self._lam = self.lam
-        self.last_info = {
-            "search_runs": calls,
-            "final_lam": lam.cpu(),
-            "evaded": rank[0].cpu(),
-            "fooled": rank[1].cpu(),
-            "loss": rank[2].cpu(),
-        }
+        self.last_info = {"search_runs": calls, "final_lam": lam.cpu(), **rank_info(rank)}
         return best
 
     def describe(self) -> dict[str, Any]:
