@@ -83,7 +83,7 @@ def test_default_section_and_its_refinements():
         cfg.preset == "default" and cfg.attacks == ("apgd-ce", "apgd-ce-t") and cfg.protocols == ("adaptive",)
     )
     assert cfg.eps == (0.1, 0.3) and cfg.baselines == () and cfg.lambdas == (0.0, 1.0)
-    assert cfg.targets == 2 and not cfg.autoattack
+    assert cfg.targets == 3 and not cfg.autoattack
     assert cfg.eot_members == 20 and cfg.n_inputs == 100 and cfg.steps == 20
     refined = EvaluateOptions(eps="0.3", attack_inputs=7, seed=3).attack_options()
     assert refined.eps == (0.3,) and refined.n_inputs == 7 and refined.seed == 3

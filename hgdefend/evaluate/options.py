@@ -108,7 +108,7 @@ class AttackOptions:
         * ``apgd-ce`` — APGD (Croce & Hein 2020) on the ensemble's cross-entropy: its step size
           adapts, so a short budget needs no tuning, and at equal gradients it is at least as
           strong as PGD (tests/test_apgd.py).
-        * ``apgd-ce-t`` at the top 2 runner-up classes — targeted: every member pushed to the same
+        * ``apgd-ce-t`` at the top 3 runner-up classes — targeted: every member pushed to the same
           wrong class keeps their disagreement low, which untargeted cross-entropy does not (it
           drives inputs to where members disagree, where the detector fires); the strongest
           attack on diverse models in tests/test_targeted_attacks.py.
@@ -136,7 +136,7 @@ class AttackOptions:
         """
         settings: dict[str, Any] = {
             "attacks": ("apgd-ce", "apgd-ce-t"),
-            "targets": 2,
+            "targets": 3,
             "autoattack": False,
             "eps": (0.1, 0.3),
             "protocols": ("adaptive",),
