@@ -64,9 +64,14 @@ def test_targeted_eot_attack_beats_the_untargeted_adaptive_one_on_a_diverse_mode
 def test_score_search_searches_lambda_per_input_and_never_loses_what_it_found(offdata, digits, judge):
     thr, through = judge
     x, y = digits.test.x[:N], digits.test.y[:N]
+    # one sampler each, same seed: the first search step of both is then the same run
+    one = ScoreSearch(
+        FreshSamples(offdata, 10, seed=3), 0.1, 10, score="entropy", threshold=thr, search_steps=1
+    )
+    more = ScoreSearch(
+        FreshSamples(offdata, 10, seed=3), 0.1, 10, score="entropy", threshold=thr, search_steps=4
+    )
     eot = FreshSamples(offdata, 10, seed=3)
-    one = ScoreSearch(eot, 0.1, 10, score="entropy", threshold=thr, search_steps=1)
-    more = ScoreSearch(eot, 0.1, 10, score="entropy", threshold=thr, search_steps=4)
     got_one, got_more = one(x, y), more(x, y)
     ev_one, ev_more = one.last_info["evaded"].numpy(), more.last_info["evaded"].numpy()
     assert np.all(ev_more >= ev_one)  # the first search step is the same run; later ones only add
