@@ -186,12 +186,6 @@ def attackers_best(sweep: list[dict[str, Any]]) -> dict[str, Any]:
     return max(sweep, key=lambda r: (r["missed_and_wrong"], r["attack_success"], -r["auroc"]))
 
 
-def row_label(r: dict[str, Any]) -> str:
-    """How a row is named in per-input results and findings: attack, protocol and λ."""
-    lam = r["params"].get("lam")
-    lam = f" λ={lam:g}" if isinstance(lam, (int, float)) else " λ searched" if lam else ""
-    return f"{r['attack']} {r['protocol']}{lam}"
-
 
 def fit_threshold(ctx: EvalContext, method: Method) -> float:
     """The threshold at the target FPR on the clean calibration split, through ``method.score_fn``:
