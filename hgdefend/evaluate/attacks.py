@@ -186,7 +186,6 @@ def attackers_best(sweep: list[dict[str, Any]]) -> dict[str, Any]:
     return max(sweep, key=lambda r: (r["missed_and_wrong"], r["attack_success"], -r["auroc"]))
 
 
-
 def fit_threshold(ctx: EvalContext, method: Method) -> float:
     """The threshold at the target FPR on the clean calibration split, through ``method.score_fn``:
     a named score through the detector and the scored-splits cache (as the detection section), an
